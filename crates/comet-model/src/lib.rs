@@ -1,0 +1,1 @@
+//! comet-model: GGUF loading, tokenizer, plaintext reference forward.
