@@ -1,0 +1,155 @@
+//! In-memory transport: two endpoints in one process, exchanging the same frames a TCP link
+//! would carry.
+
+use crate::{frame, Channel, CostMeter, NetError, DEFAULT_TIMEOUT};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+/// One endpoint of an in-memory link.
+pub struct MemoryChannel {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    inbox: Vec<u8>,
+    timeout: Duration,
+    meter: CostMeter,
+}
+
+impl std::fmt::Debug for MemoryChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryChannel").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+/// Creates a connected pair of in-memory endpoints with the default timeout.
+pub fn memory_pair() -> (MemoryChannel, MemoryChannel) {
+    let (tx_a, rx_b) = mpsc::channel();
+    let (tx_b, rx_a) = mpsc::channel();
+    let make = |tx, rx| MemoryChannel {
+        tx,
+        rx,
+        pending: Vec::new(),
+        inbox: Vec::new(),
+        timeout: DEFAULT_TIMEOUT,
+        meter: CostMeter::new(),
+    };
+    (make(tx_a, rx_a), make(tx_b, rx_b))
+}
+
+impl MemoryChannel {
+    /// Sets how long `recv` waits for the peer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends raw bytes that bypass framing (for fault-injection tests).
+    pub fn send_raw_for_test(&mut self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.tx.send(bytes).map_err(|_| NetError::Closed(String::new()))
+    }
+
+    fn pull(&mut self) -> Result<(), NetError> {
+        match self.rx.recv_timeout(self.timeout) {
+            Ok(chunk) => {
+                self.inbox.extend_from_slice(&chunk);
+                Ok(())
+            }
+            Err(RecvTimeoutError::Timeout) => Err(NetError::Timeout(self.timeout)),
+            Err(RecvTimeoutError::Disconnected) => {
+                if self.inbox.is_empty() {
+                    Err(NetError::Closed(String::new()))
+                } else {
+                    Err(NetError::Malformed(format!(
+                        "truncated frame: peer closed after {} bytes of an incomplete frame",
+                        self.inbox.len()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl Channel for MemoryChannel {
+    fn send(&mut self, msg: &[u8]) -> Result<(), NetError> {
+        frame::encode_into(msg, &mut self.pending);
+        self.meter.record_send(frame::HEADER_LEN + msg.len());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), NetError> {
+        self.meter.record_flush();
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.pending);
+        self.tx.send(chunk).map_err(|_| NetError::Closed(String::new()))
+    }
+
+    fn recv(&mut self) -> Result<Vec<u8>, NetError> {
+        while self.inbox.len() < frame::HEADER_LEN {
+            self.pull()?;
+        }
+        let header: [u8; frame::HEADER_LEN] =
+            self.inbox[..frame::HEADER_LEN].try_into().expect("length checked");
+        let len = frame::parse_header(&header, frame::MAX_FRAME)?;
+        while self.inbox.len() < frame::HEADER_LEN + len {
+            self.pull()?;
+        }
+        let payload = self.inbox[frame::HEADER_LEN..frame::HEADER_LEN + len].to_vec();
+        self.inbox.drain(..frame::HEADER_LEN + len);
+        self.meter.record_recv(frame::HEADER_LEN + len);
+        Ok(payload)
+    }
+
+    fn meter(&self) -> &CostMeter {
+        &self.meter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChannelExt;
+
+    #[test]
+    fn exchange_counts_one_round_each() {
+        let (mut a, mut b) = memory_pair();
+        let t = std::thread::spawn(move || {
+            let got = b.exchange(b"pong").unwrap();
+            (got, b.meter().total())
+        });
+        assert_eq!(a.exchange(b"ping!").unwrap(), b"pong");
+        let (got, costs_b) = t.join().unwrap();
+        assert_eq!(got, b"ping!");
+        assert_eq!(a.meter().total().rounds, 1);
+        assert_eq!(costs_b.rounds, 1);
+        assert_eq!(a.meter().total().bytes_sent, 10);
+        assert_eq!(costs_b.bytes_sent, 9);
+    }
+
+    #[test]
+    fn peer_gone_is_closed_not_hang() {
+        let (mut a, b) = memory_pair();
+        drop(b);
+        assert!(matches!(a.recv(), Err(NetError::Closed(_))));
+        assert!(matches!(a.send(b"x").and_then(|_| a.flush()), Err(NetError::Closed(_))));
+    }
+
+    #[test]
+    fn silent_peer_times_out() {
+        let (a, _b) = memory_pair();
+        let mut a = a.with_timeout(Duration::from_millis(50));
+        assert!(matches!(a.recv(), Err(NetError::Timeout(_))));
+    }
+
+    #[test]
+    fn truncated_and_wrong_version_frames_are_errors() {
+        let (mut a, mut b) = memory_pair();
+        b.send_raw_for_test(vec![frame::PROTOCOL_VERSION, 10, 0, 0, 0, 1, 2]).unwrap();
+        drop(b);
+        assert!(matches!(a.recv(), Err(NetError::Malformed(_))));
+        let (mut a, mut b) = memory_pair();
+        b.send_raw_for_test(vec![42, 0, 0, 0, 0]).unwrap();
+        assert!(matches!(a.recv(), Err(NetError::Version { got: 42, .. })));
+    }
+}
