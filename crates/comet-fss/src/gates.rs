@@ -1,0 +1,607 @@
+//! Gate-level FSS keys for masked wires (sans-IO): the dealer knows the input mask r, both
+//! servers know the public masked input x̂ = x + r, and each key turns x̂ into one party's
+//! share of f(x). Generation returns the two parties' keys; evaluation is local.
+//!
+//! Notation: n = bit width of the compared value, for a ∈ [0, 2^n) let msb(a) = bit n−1 and
+//! a' = a mod 2^(n−1). With x = x̂ − r mod 2^n (fss-notes §2):
+//!
+//! ```text
+//! msb(x) = msb(x̂) ⊕ msb(r) ⊕ 1{x̂' < r'}            DReLU(x) = 1{x ≥ 0} = 1 ⊕ msb(x)
+//! ```
+//!
+//! (x̂ − r = (msb(x̂) − msb(r))·2^(n−1) + (x̂' − r'); the low difference borrows exactly when
+//! x̂' < r'). Writing p = 1 ⊕ msb(x̂) (public), q = msb(r) (dealer) and c = 1{x̂' < r'}:
+//! `DReLU = p ⊕ q ⊕ c`, and with `a ⊕ b = a + b − 2ab` for bits, `q ⊕ c = q + (1 − 2q)·c`,
+//! `p ⊕ w = p + (1 − 2p)·w`. The dealer knows q, so it puts the factor (1 − 2q) into the DCF
+//! payload (β = 1 − 2q) and hands out additive shares of q; everything else is linear in
+//! public values, so shares of DReLU in Z_2^64 need no interaction beyond opening x̂.
+
+use crate::codec::{mask64, ByteReader};
+use crate::dcf::{dcf_eval, dcf_eval_vec, dcf_gen, dcf_gen_vec, DcfKey};
+use crate::dpf::{dpf_eval_all, dpf_eval_bit, dpf_gen, dpf_lt, DpfKey, MAX_EVAL_ALL_BITS};
+use crate::error::FssError;
+use comet_core::{PartyId, Prg};
+use rayon::prelude::*;
+
+const DRELU_TAG: u8 = 0xE1;
+const DRELU_XOR_TAG: u8 = 0xE2;
+const RELU_TAG: u8 = 0xE3;
+const LUT_TAG: u8 = 0xE4;
+
+/// Additive shares (P0 random, P1 the rest) of `value` in Z_2^64.
+fn share_u64(value: u64, prg: &mut Prg) -> [u64; 2] {
+    let s0 = prg.next_u64();
+    [s0, value.wrapping_sub(s0)]
+}
+
+fn check_width_param(n_bits: u32, what: &'static str) -> Result<u32, FssError> {
+    if !(1..=64).contains(&n_bits) {
+        return Err(FssError::InvalidParameter {
+            what,
+            value: n_bits as u64,
+            allowed: "1..=64",
+        });
+    }
+    Ok(n_bits)
+}
+
+/// Splits the masked input into (p = 1 ⊕ msb_n(x̂), x̂ mod 2^(n−1)).
+#[inline]
+fn split_masked(x_hat: u64, n_bits: u32) -> (u64, u64) {
+    let x = x_hat & mask64(n_bits);
+    (1 ^ (x >> (n_bits - 1)), x & mask64(n_bits - 1))
+}
+
+/// Rejects a nested key whose widths do not match its gate's header.
+fn check_inner(found: u32, expected: u32, what: &'static str) -> Result<(), FssError> {
+    if found != expected {
+        return Err(FssError::InvalidParameter {
+            what,
+            value: found as u64,
+            allowed: "the gate's width (see header)",
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// DReLU with an arithmetic output (DCF-based).
+
+/// One party's key for DReLU(x) = 1{x ≥ 0} of a signed n-bit x, output additively shared in
+/// Z_2^64: a DCF on n−1 bits with payload 1 − 2·msb(r) plus a share of msb(r).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DreluKey {
+    n_bits: u32,
+    msb_share: u64,
+    cmp: Option<DcfKey>,
+}
+
+/// Dealer: DReLU keys for input mask `r` (reduced mod 2^n) on signed `n_bits`-bit values.
+///
+/// # Panics
+/// If `n_bits` is outside 1..=64.
+pub fn drelu_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (DreluKey, DreluKey) {
+    assert!(
+        (1..=64).contains(&n_bits),
+        "DReLU width must be 1..=64 bits, got {n_bits}"
+    );
+    let r = r & mask64(n_bits);
+    let q = r >> (n_bits - 1);
+    let q_shares = share_u64(q, prg);
+    let (c0, c1) = if n_bits >= 2 {
+        let beta = 1u64.wrapping_sub(2 * q);
+        let (a, b) = dcf_gen(r & mask64(n_bits - 1), beta, n_bits - 1, 64, prg);
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
+    (
+        DreluKey {
+            n_bits,
+            msb_share: q_shares[0],
+            cmp: c0,
+        },
+        DreluKey {
+            n_bits,
+            msb_share: q_shares[1],
+            cmp: c1,
+        },
+    )
+}
+
+/// Party `party`'s additive share in Z_2^64 of 1{x ≥ 0}, x = x̂ − r as a signed n-bit value:
+/// `[b = 0]·p + (1 − 2p)·(q_b + DCF_b(x̂'))` with p = 1 ⊕ msb(x̂).
+pub fn drelu_eval(party: PartyId, key: &DreluKey, x_hat: u64) -> u64 {
+    let (p, low) = split_masked(x_hat, key.n_bits);
+    let c = key.cmp.as_ref().map_or(0, |k| dcf_eval(party, k, low));
+    let w = key.msb_share.wrapping_add(c);
+    let public = if party == PartyId::P0 { p } else { 0 };
+    public.wrapping_add(1u64.wrapping_sub(2 * p).wrapping_mul(w))
+}
+
+/// [`drelu_eval`] for many (key, x̂) pairs in parallel (rayon).
+///
+/// # Panics
+/// If `keys` and `x_hats` have different lengths.
+pub fn drelu_eval_batch(party: PartyId, keys: &[DreluKey], x_hats: &[u64]) -> Vec<u64> {
+    assert_eq!(
+        keys.len(),
+        x_hats.len(),
+        "drelu_eval_batch needs one input per key"
+    );
+    keys.par_iter()
+        .zip(x_hats.par_iter())
+        .with_min_len(64)
+        .map(|(k, &x)| drelu_eval(party, k, x))
+        .collect()
+}
+
+/// Share of 1{x ≥ c} for signed n-bit x and a public threshold c, from the same DReLU key:
+/// x − c is masked by the same r, so this is DReLU at x̂ − c. Correct when x − c does not
+/// overflow n signed bits (keep a spare bit, fss-notes §2).
+pub fn cmp_ge_eval(party: PartyId, key: &DreluKey, x_hat: u64, c: u64) -> u64 {
+    drelu_eval(party, key, x_hat.wrapping_sub(c))
+}
+
+impl DreluKey {
+    /// Width n of the signed input.
+    pub fn n_bits(&self) -> u32 {
+        self.n_bits
+    }
+
+    /// Length of [`DreluKey::to_bytes`].
+    pub fn encoded_len(&self) -> usize {
+        2 + 8 + self.cmp.as_ref().map_or(0, DcfKey::encoded_len)
+    }
+
+    /// Serializes: tag, n, msb share (8 bytes LE), then the DCF key when n ≥ 2.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.push(DRELU_TAG);
+        out.push(self.n_bits as u8);
+        out.extend_from_slice(&self.msb_share.to_le_bytes());
+        if let Some(k) = &self.cmp {
+            k.write_to(&mut out);
+        }
+        out
+    }
+
+    /// Parses [`DreluKey::to_bytes`] output; structural corruption gives an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FssError> {
+        const WHAT: &str = "DReLU key";
+        let mut r = ByteReader::new(bytes);
+        r.tag(DRELU_TAG, WHAT)?;
+        let n_bits = check_width_param(r.byte(WHAT)? as u32, "DReLU width")?;
+        let msb_share = r.u64(WHAT)?;
+        let cmp = if n_bits >= 2 {
+            let k = DcfKey::<1>::read_from(&mut r)?;
+            check_inner(k.n_bits(), n_bits - 1, "DReLU comparison width")?;
+            check_inner(k.out_bits(), 64, "DReLU payload width")?;
+            Some(k)
+        } else {
+            None
+        };
+        r.finish(WHAT)?;
+        Ok(DreluKey {
+            n_bits,
+            msb_share,
+            cmp,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DReLU with an XOR-shared output (SIGMA, DPF-based).
+
+/// One party's key for SIGMA's DReLU: an early-terminated DPF on n−1 bits at r' plus an XOR
+/// share of msb(r). Output is an XOR share of the bit; ≈16(n − 6) bytes, n − 8 AES per eval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DreluXorKey {
+    n_bits: u32,
+    msb_share: bool,
+    cmp: Option<DpfKey>,
+}
+
+/// Dealer: XOR-output DReLU keys for input mask `r` (reduced mod 2^n).
+///
+/// # Panics
+/// If `n_bits` is outside 1..=64.
+pub fn drelu_xor_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (DreluXorKey, DreluXorKey) {
+    assert!(
+        (1..=64).contains(&n_bits),
+        "DReLU width must be 1..=64 bits, got {n_bits}"
+    );
+    let r = r & mask64(n_bits);
+    let q = (r >> (n_bits - 1)) == 1;
+    let q0 = prg.next_u64() & 1 == 1;
+    let (c0, c1) = if n_bits >= 2 {
+        let (a, b) = dpf_gen(r & mask64(n_bits - 1), n_bits - 1, prg);
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
+    (
+        DreluXorKey {
+            n_bits,
+            msb_share: q0,
+            cmp: c0,
+        },
+        DreluXorKey {
+            n_bits,
+            msb_share: q0 ^ q,
+            cmp: c1,
+        },
+    )
+}
+
+/// Party `party`'s XOR share of 1{x ≥ 0}: `[b = 0]·p ⊕ q_b ⊕ DPF-lt_b(x̂')`.
+pub fn drelu_xor_eval(party: PartyId, key: &DreluXorKey, x_hat: u64) -> u8 {
+    let (p, low) = split_masked(x_hat, key.n_bits);
+    let c = key.cmp.as_ref().map_or(0, |k| dpf_lt(party, k, low));
+    let public = if party == PartyId::P0 { p as u8 } else { 0 };
+    public ^ key.msb_share as u8 ^ c
+}
+
+impl DreluXorKey {
+    /// Width n of the signed input.
+    pub fn n_bits(&self) -> u32 {
+        self.n_bits
+    }
+
+    /// Length of [`DreluXorKey::to_bytes`].
+    pub fn encoded_len(&self) -> usize {
+        3 + self.cmp.as_ref().map_or(0, DpfKey::encoded_len)
+    }
+
+    /// Serializes: tag, n, msb share byte (0/1), then the DPF key when n ≥ 2.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.push(DRELU_XOR_TAG);
+        out.push(self.n_bits as u8);
+        out.push(self.msb_share as u8);
+        if let Some(k) = &self.cmp {
+            k.write_to(&mut out);
+        }
+        out
+    }
+
+    /// Parses [`DreluXorKey::to_bytes`] output; structural corruption gives an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FssError> {
+        const WHAT: &str = "DReLU XOR key";
+        let mut r = ByteReader::new(bytes);
+        r.tag(DRELU_XOR_TAG, WHAT)?;
+        let n_bits = check_width_param(r.byte(WHAT)? as u32, "DReLU width")?;
+        let msb_share = match r.byte(WHAT)? {
+            0 => false,
+            1 => true,
+            _ => return Err(FssError::NonZeroPadding { what: WHAT }),
+        };
+        let cmp = if n_bits >= 2 {
+            let k = DpfKey::read_from(&mut r)?;
+            check_inner(k.n_bits(), n_bits - 1, "DReLU comparison width")?;
+            Some(k)
+        } else {
+            None
+        };
+        r.finish(WHAT)?;
+        Ok(DreluXorKey {
+            n_bits,
+            msb_share,
+            cmp,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-round ReLU (DCF with a 2-word payload).
+
+/// One party's key for ReLU(x) = x·1{x ≥ 0} with x ∈ Z_2^64 masked by a full 64-bit r, where
+/// the sign is read from the low n bits (requires −2^(n−1) ≤ x < 2^(n−1)).
+///
+/// With d = DReLU(x) = p ⊕ (q ⊕ c) as in the module docs: `ReLU = d·x̂ − d·r` and
+/// `d·r = p·r + (1 − 2p)·(q·r + (1 − 2q)·r·c)`. The DCF payload is β = (1 − 2q, (1 − 2q)·r)
+/// and the key carries additive shares of q, r and q·r. Both d and ReLU come out additively
+/// shared in Z_2^64 after the single opening of x̂ (BCG+21 / LLAMA style, fss-notes §2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReluKey {
+    n_bits: u32,
+    msb_share: u64,
+    mask_share: u64,
+    msb_mask_share: u64,
+    cmp: Option<DcfKey<2>>,
+}
+
+/// Dealer: one-round ReLU keys for the 64-bit input mask `r`; the sign test uses n bits.
+///
+/// # Panics
+/// If `n_bits` is outside 1..=64.
+pub fn relu_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (ReluKey, ReluKey) {
+    assert!(
+        (1..=64).contains(&n_bits),
+        "ReLU sign width must be 1..=64 bits, got {n_bits}"
+    );
+    let r_n = r & mask64(n_bits);
+    let q = r_n >> (n_bits - 1);
+    let q_sh = share_u64(q, prg);
+    let r_sh = share_u64(r, prg);
+    let qr_sh = share_u64(q.wrapping_mul(r), prg);
+    let (c0, c1) = if n_bits >= 2 {
+        let factor = 1u64.wrapping_sub(2 * q);
+        let beta = [factor, factor.wrapping_mul(r)];
+        let (a, b) = dcf_gen_vec(r_n & mask64(n_bits - 1), beta, n_bits - 1, 64, prg);
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
+    let make = |b: usize, cmp: Option<DcfKey<2>>| ReluKey {
+        n_bits,
+        msb_share: q_sh[b],
+        mask_share: r_sh[b],
+        msb_mask_share: qr_sh[b],
+        cmp,
+    };
+    (make(0, c0), make(1, c1))
+}
+
+/// Party `party`'s additive shares in Z_2^64 of (DReLU(x), ReLU(x)) from the public x̂ = x + r.
+pub fn relu_eval(party: PartyId, key: &ReluKey, x_hat: u64) -> (u64, u64) {
+    let (p, low) = split_masked(x_hat, key.n_bits);
+    let [c1, c2] = key
+        .cmp
+        .as_ref()
+        .map_or([0, 0], |k| dcf_eval_vec(party, k, low));
+    let flip = 1u64.wrapping_sub(2 * p);
+    let w1 = key.msb_share.wrapping_add(c1);
+    let w2 = key.msb_mask_share.wrapping_add(c2);
+    let public = if party == PartyId::P0 { p } else { 0 };
+    let drelu = public.wrapping_add(flip.wrapping_mul(w1));
+    let drelu_times_r = p
+        .wrapping_mul(key.mask_share)
+        .wrapping_add(flip.wrapping_mul(w2));
+    (drelu, drelu.wrapping_mul(x_hat).wrapping_sub(drelu_times_r))
+}
+
+/// [`relu_eval`] for many (key, x̂) pairs in parallel (rayon).
+///
+/// # Panics
+/// If `keys` and `x_hats` have different lengths.
+pub fn relu_eval_batch(party: PartyId, keys: &[ReluKey], x_hats: &[u64]) -> Vec<(u64, u64)> {
+    assert_eq!(
+        keys.len(),
+        x_hats.len(),
+        "relu_eval_batch needs one input per key"
+    );
+    keys.par_iter()
+        .zip(x_hats.par_iter())
+        .with_min_len(64)
+        .map(|(k, &x)| relu_eval(party, k, x))
+        .collect()
+}
+
+impl ReluKey {
+    /// Width n of the sign test.
+    pub fn n_bits(&self) -> u32 {
+        self.n_bits
+    }
+
+    /// Length of [`ReluKey::to_bytes`].
+    pub fn encoded_len(&self) -> usize {
+        2 + 24 + self.cmp.as_ref().map_or(0, DcfKey::<2>::encoded_len)
+    }
+
+    /// Serializes: tag, n, shares of q, r, q·r (8 bytes LE each), then the DCF key if n ≥ 2.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.push(RELU_TAG);
+        out.push(self.n_bits as u8);
+        for w in [self.msb_share, self.mask_share, self.msb_mask_share] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        if let Some(k) = &self.cmp {
+            k.write_to(&mut out);
+        }
+        out
+    }
+
+    /// Parses [`ReluKey::to_bytes`] output; structural corruption gives an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FssError> {
+        const WHAT: &str = "ReLU key";
+        let mut r = ByteReader::new(bytes);
+        r.tag(RELU_TAG, WHAT)?;
+        let n_bits = check_width_param(r.byte(WHAT)? as u32, "ReLU sign width")?;
+        let msb_share = r.u64(WHAT)?;
+        let mask_share = r.u64(WHAT)?;
+        let msb_mask_share = r.u64(WHAT)?;
+        let cmp = if n_bits >= 2 {
+            let k = DcfKey::<2>::read_from(&mut r)?;
+            check_inner(k.n_bits(), n_bits - 1, "ReLU comparison width")?;
+            check_inner(k.out_bits(), 64, "ReLU payload width")?;
+            Some(k)
+        } else {
+            None
+        };
+        r.finish(WHAT)?;
+        Ok(ReluKey {
+            n_bits,
+            msb_share,
+            mask_share,
+            msb_mask_share,
+            cmp,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DPF lookup table (SIGMA, fss-notes §4).
+
+/// One party's key for an m-bit lookup table T: Z_2^m → Z_2^64 on a masked index.
+///
+/// The dealer gives a 1-bit DPF at the index mask r. Party b expands the whole point vector
+/// t_b(i) (2^(m−6) AES) and computes
+///
+/// ```text
+/// v_b = (−1)^b · Σ_i T[x̂ − i mod 2^m] · t_b(i)        u_b = (−1)^b · Σ_i t_b(i)
+/// ```
+///
+/// For i ≠ r both parties hold the same bit, so the terms cancel; at i = r exactly one holds
+/// a 1. Hence u = u_0 + u_1 = s ∈ {+1, −1} (s = +1 iff P0 holds the 1) and v = s·T[x̂ − r]
+/// = s·T[x], i.e. **T[x] = u·v**. Opening u in the clear would leak t_0(r), so the sign is
+/// fixed with dealer material instead of SIGMA's masked u + Select: the key also holds
+/// additive shares of s, of a random ρ and of s·ρ. The parties open v̂ = v + ρ (one round,
+/// 64 bits each, see [`lut_mask_v`]) and output `s_b·v̂ − (sρ)_b`, whose sum is
+/// s·v = s²·T[x] = T[x] ([`lut_finish`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LutKey {
+    m_bits: u32,
+    dpf: DpfKey,
+    sign_share: u64,
+    mask_share: u64,
+    sign_mask_share: u64,
+}
+
+/// Dealer: lookup-table keys for the index mask `r` (reduced mod 2^m).
+///
+/// # Panics
+/// If `m_bits` is outside 1..=MAX_EVAL_ALL_BITS.
+pub fn lut_gen(r: u64, m_bits: u32, prg: &mut Prg) -> (LutKey, LutKey) {
+    assert!(
+        (1..=MAX_EVAL_ALL_BITS).contains(&m_bits),
+        "lookup-table index width must be 1..={MAX_EVAL_ALL_BITS} bits, got {m_bits}"
+    );
+    let r = r & mask64(m_bits);
+    let (k0, k1) = dpf_gen(r, m_bits, prg);
+    let p0_holds_one = dpf_eval_bit(PartyId::P0, &k0, r) == 1;
+    let sign = if p0_holds_one { 1u64 } else { u64::MAX };
+    let rho = prg.next_u64();
+    let s_sh = share_u64(sign, prg);
+    let rho_sh = share_u64(rho, prg);
+    let srho_sh = share_u64(sign.wrapping_mul(rho), prg);
+    let make = |b: usize, dpf: DpfKey| LutKey {
+        m_bits,
+        dpf,
+        sign_share: s_sh[b],
+        mask_share: rho_sh[b],
+        sign_mask_share: srho_sh[b],
+    };
+    (make(0, k0), make(1, k1))
+}
+
+/// Party `party`'s (v_b, u_b) for the public masked index x̂ (reduced mod 2^m); see
+/// [`LutKey`]: (v_0 + v_1)·(u_0 + u_1) = T[x]. Constant-time in the DPF bits.
+///
+/// # Panics
+/// If `table.len() != 2^m`.
+pub fn lut_eval(party: PartyId, key: &LutKey, x_hat: u64, table: &[u64]) -> (u64, u64) {
+    let size = 1usize << key.m_bits;
+    assert_eq!(
+        table.len(),
+        size,
+        "lookup table must have 2^{} entries",
+        key.m_bits
+    );
+    let bits = dpf_eval_all(party, &key.dpf);
+    let index_mask = size - 1;
+    let x_hat = x_hat as usize & index_mask;
+    let mut v = 0u64;
+    let mut u = 0u64;
+    for (w, &word) in bits.iter().enumerate() {
+        let base = w * 64;
+        let count = (size - base).min(64);
+        u = u.wrapping_add(word.count_ones() as u64);
+        for j in 0..count {
+            let take = ((word >> j) & 1).wrapping_neg();
+            let i = base + j;
+            v = v.wrapping_add(table[x_hat.wrapping_sub(i) & index_mask] & take);
+        }
+    }
+    if party == PartyId::P1 {
+        (v.wrapping_neg(), u.wrapping_neg())
+    } else {
+        (v, u)
+    }
+}
+
+/// The message a party sends to open v̂ = v + ρ: `v_b + ρ_b` (its key holds ρ_b).
+pub fn lut_mask_v(key: &LutKey, v_share: u64) -> u64 {
+    v_share.wrapping_add(key.mask_share)
+}
+
+/// A party's additive share of T[x] from the opened v̂: `s_b·v̂ − (sρ)_b`.
+pub fn lut_finish(key: &LutKey, v_hat: u64) -> u64 {
+    key.sign_share
+        .wrapping_mul(v_hat)
+        .wrapping_sub(key.sign_mask_share)
+}
+
+/// [`lut_eval`] for many (key, x̂) pairs against one table, in parallel (rayon).
+///
+/// # Panics
+/// If `keys` and `x_hats` have different lengths or the table size is wrong.
+pub fn lut_eval_batch(
+    party: PartyId,
+    keys: &[LutKey],
+    x_hats: &[u64],
+    table: &[u64],
+) -> Vec<(u64, u64)> {
+    assert_eq!(
+        keys.len(),
+        x_hats.len(),
+        "lut_eval_batch needs one input per key"
+    );
+    keys.par_iter()
+        .zip(x_hats.par_iter())
+        .map(|(k, &x)| lut_eval(party, k, x, table))
+        .collect()
+}
+
+impl LutKey {
+    /// Index width m.
+    pub fn m_bits(&self) -> u32 {
+        self.m_bits
+    }
+
+    /// Length of [`LutKey::to_bytes`].
+    pub fn encoded_len(&self) -> usize {
+        2 + 24 + self.dpf.encoded_len()
+    }
+
+    /// Serializes: tag, m, shares of s, ρ, s·ρ (8 bytes LE each), then the DPF key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.push(LUT_TAG);
+        out.push(self.m_bits as u8);
+        for w in [self.sign_share, self.mask_share, self.sign_mask_share] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        self.dpf.write_to(&mut out);
+        out
+    }
+
+    /// Parses [`LutKey::to_bytes`] output; structural corruption gives an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FssError> {
+        const WHAT: &str = "LUT key";
+        let mut r = ByteReader::new(bytes);
+        r.tag(LUT_TAG, WHAT)?;
+        let m_bits = r.byte(WHAT)? as u32;
+        if !(1..=MAX_EVAL_ALL_BITS).contains(&m_bits) {
+            return Err(FssError::InvalidParameter {
+                what: "LUT index width",
+                value: m_bits as u64,
+                allowed: "1..=32",
+            });
+        }
+        let sign_share = r.u64(WHAT)?;
+        let mask_share = r.u64(WHAT)?;
+        let sign_mask_share = r.u64(WHAT)?;
+        let dpf = DpfKey::read_from(&mut r)?;
+        check_inner(dpf.n_bits(), m_bits, "LUT DPF width")?;
+        r.finish(WHAT)?;
+        Ok(LutKey {
+            m_bits,
+            dpf,
+            sign_share,
+            mask_share,
+            sign_mask_share,
+        })
+    }
+}
