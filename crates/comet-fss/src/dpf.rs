@@ -28,6 +28,7 @@
 //! walk with d AES calls yields an XOR share of `1{x < α}`.
 
 use crate::codec::{mask64, BitReader, BitWriter, ByteReader};
+use crate::dcf::{LANES, TASK};
 use crate::error::FssError;
 use crate::prg::{mask_u128, split_node, TreePrg, SEED_MASK};
 use comet_core::{PartyId, Prg};
@@ -237,17 +238,95 @@ pub fn dpf_lt(party: PartyId, key: &DpfKey, x: u64) -> u8 {
     }
 }
 
-/// [`dpf_lt`] of `keys[i]` at `xs[i]` for every i, in parallel (rayon).
+/// [`dpf_lt`] for up to [`LANES`] tree keys of equal width walked in lockstep (one batched,
+/// pipelined AES call per level for all lanes).
+fn lt_lanes(party: PartyId, keys: &[&DpfKey], xs: &[u64], out: &mut [u8]) {
+    let lanes = keys.len();
+    debug_assert!(lanes <= LANES && xs.len() == lanes && out.len() == lanes);
+    let tree = TreePrg::global();
+    let n = keys[0].n_bits;
+    let x_mask = mask64(n);
+    let mut seeds = [0u128; LANES];
+    let mut ts = [party == PartyId::P1; LANES];
+    let mut lt = [false; LANES];
+    let mut inputs = [0u128; LANES];
+    let parts: Vec<(&[DpfLevel], &[u128; 2])> = keys
+        .iter()
+        .map(|k| match &k.body {
+            DpfBody::Tree {
+                levels, leaf_cw, ..
+            } => (levels.as_slice(), leaf_cw),
+            DpfBody::Table(_) => unreachable!("lt_lanes is only called on tree keys"),
+        })
+        .collect();
+    for (j, k) in keys.iter().enumerate() {
+        if let DpfBody::Tree { root, .. } = &k.body {
+            seeds[j] = *root;
+        }
+    }
+    let inner = (n - LEAF_BITS - 1) as usize;
+    for i in 0..=inner {
+        let shift = n - 1 - i as u32;
+        for j in 0..lanes {
+            inputs[j] = seeds[j] ^ (((xs[j] & x_mask) >> shift) & 1) as u128;
+        }
+        tree.child_batch(&mut inputs[..lanes]);
+        for j in 0..lanes {
+            let dir = ((xs[j] & x_mask) >> shift) & 1;
+            let (levels, leaf_cw) = parts[j];
+            let t = ts[j];
+            if i < inner {
+                let node = inputs[j] ^ (mask_u128(t) & levels[i].block(dir));
+                let (s_next, t_next) = split_node(node);
+                lt[j] ^= (dir == 0) & (t ^ t_next);
+                seeds[j] = s_next;
+                ts[j] = t_next;
+            } else {
+                let leaf = inputs[j] ^ (mask_u128(t) & leaf_cw[dir as usize]);
+                lt[j] ^= (dir == 0) & (t ^ parity(leaf));
+                lt[j] ^= parity(bits_from(leaf, (xs[j] & 127) as u32 + 1));
+            }
+        }
+    }
+    for j in 0..lanes {
+        out[j] = lt[j] as u8;
+    }
+}
+
+/// Sequential [`dpf_lt`] of `keys[i]` at `xs[i]` into `out[i]`, lockstep over groups of
+/// [`LANES`] consecutive tree keys of equal width.
+pub(crate) fn dpf_lt_many(party: PartyId, keys: &[&DpfKey], xs: &[u64], out: &mut [u8]) {
+    for ((k, x), o) in keys
+        .chunks(LANES)
+        .zip(xs.chunks(LANES))
+        .zip(out.chunks_mut(LANES))
+    {
+        let uniform = k[0].n_bits > LEAF_BITS && k.iter().all(|key| key.n_bits == k[0].n_bits);
+        if uniform {
+            lt_lanes(party, k, x, o);
+        } else {
+            for j in 0..k.len() {
+                o[j] = dpf_lt(party, k[j], x[j]);
+            }
+        }
+    }
+}
+
+/// [`dpf_lt`] of `keys[i]` at `xs[i]` for every i, in parallel (rayon tasks of 256 keys, AES
+/// pipelined over 8 keys in lockstep).
 ///
 /// # Panics
 /// If `keys` and `xs` have different lengths.
 pub fn dpf_lt_batch(party: PartyId, keys: &[DpfKey], xs: &[u64]) -> Vec<u8> {
     assert_eq!(keys.len(), xs.len(), "dpf_lt_batch needs one input per key");
-    keys.par_iter()
-        .zip(xs.par_iter())
-        .with_min_len(64)
-        .map(|(k, &x)| dpf_lt(party, k, x))
-        .collect()
+    let mut out = vec![0u8; keys.len()];
+    out.par_chunks_mut(TASK)
+        .zip(keys.par_chunks(TASK).zip(xs.par_chunks(TASK)))
+        .for_each(|(o, (k, x))| {
+            let refs: Vec<&DpfKey> = k.iter().collect();
+            dpf_lt_many(party, &refs, x, o);
+        });
+    out
 }
 
 /// Party `party`'s XOR share of the whole point vector e_α as a bitset: bit i of the result

@@ -17,8 +17,10 @@
 //! public values, so shares of DReLU in Z_2^64 need no interaction beyond opening x̂.
 
 use crate::codec::{mask64, ByteReader};
-use crate::dcf::{dcf_eval, dcf_eval_vec, dcf_gen, dcf_gen_vec, DcfKey};
-use crate::dpf::{dpf_eval_all, dpf_eval_bit, dpf_gen, dpf_lt, DpfKey, MAX_EVAL_ALL_BITS};
+use crate::dcf::{dcf_eval, dcf_eval_many, dcf_eval_vec, dcf_gen, dcf_gen_vec, DcfKey, TASK};
+use crate::dpf::{
+    dpf_eval_all, dpf_eval_bit, dpf_gen, dpf_lt, dpf_lt_many, DpfKey, MAX_EVAL_ALL_BITS,
+};
 use crate::error::FssError;
 use comet_core::{PartyId, Prg};
 use rayon::prelude::*;
@@ -114,26 +116,83 @@ pub fn drelu_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (DreluKey, DreluKey) {
 pub fn drelu_eval(party: PartyId, key: &DreluKey, x_hat: u64) -> u64 {
     let (p, low) = split_masked(x_hat, key.n_bits);
     let c = key.cmp.as_ref().map_or(0, |k| dcf_eval(party, k, low));
+    drelu_combine(party, key, p, c)
+}
+
+/// DReLU share from p = 1 ⊕ msb(x̂) and this party's DCF share c.
+#[inline]
+fn drelu_combine(party: PartyId, key: &DreluKey, p: u64, c: u64) -> u64 {
     let w = key.msb_share.wrapping_add(c);
     let public = if party == PartyId::P0 { p } else { 0 };
     public.wrapping_add(1u64.wrapping_sub(2 * p).wrapping_mul(w))
 }
 
-/// [`drelu_eval`] for many (key, x̂) pairs in parallel (rayon).
+/// Runs `gate` over rayon tasks of [`TASK`] (key, x̂) pairs: `split` gives each pair's
+/// (p, x̂'), `inner` its comparison key, `many` evaluates all comparison keys of a task in
+/// lockstep (when every key of the task has one), and `finish` combines.
+fn batch_gate<K, C, O, R>(
+    keys: &[K],
+    x_hats: &[u64],
+    n_bits: impl Fn(&K) -> u32 + Sync,
+    inner: impl Fn(&K) -> Option<&C> + Sync,
+    many: impl Fn(&[&C], &[u64], &mut [R]) + Sync,
+    single: impl Fn(&C, u64) -> R + Sync,
+    finish: impl Fn(&K, u64, u64, R) -> O + Sync,
+) -> Vec<O>
+where
+    K: Sync,
+    C: Sync,
+    O: Send + Default + Clone,
+    R: Default + Clone,
+{
+    assert_eq!(
+        keys.len(),
+        x_hats.len(),
+        "batch gate evaluation needs one input per key"
+    );
+    let mut out = vec![O::default(); keys.len()];
+    out.par_chunks_mut(TASK)
+        .zip(keys.par_chunks(TASK).zip(x_hats.par_chunks(TASK)))
+        .for_each(|(o, (k, x))| {
+            let split: Vec<(u64, u64)> = k
+                .iter()
+                .zip(x)
+                .map(|(key, &xh)| split_masked(xh, n_bits(key)))
+                .collect();
+            let lows: Vec<u64> = split.iter().map(|s| s.1).collect();
+            let mut c = vec![R::default(); k.len()];
+            let refs: Option<Vec<&C>> = k.iter().map(&inner).collect();
+            match refs {
+                Some(refs) => many(&refs, &lows, &mut c),
+                None => {
+                    for ((cj, key), &low) in c.iter_mut().zip(k).zip(&lows) {
+                        if let Some(ck) = inner(key) {
+                            *cj = single(ck, low);
+                        }
+                    }
+                }
+            }
+            for j in 0..k.len() {
+                o[j] = finish(&k[j], x[j], split[j].0, c[j].clone());
+            }
+        });
+    out
+}
+
+/// [`drelu_eval`] for many (key, x̂) pairs in parallel (rayon, lockstep AES).
 ///
 /// # Panics
 /// If `keys` and `x_hats` have different lengths.
 pub fn drelu_eval_batch(party: PartyId, keys: &[DreluKey], x_hats: &[u64]) -> Vec<u64> {
-    assert_eq!(
-        keys.len(),
-        x_hats.len(),
-        "drelu_eval_batch needs one input per key"
-    );
-    keys.par_iter()
-        .zip(x_hats.par_iter())
-        .with_min_len(64)
-        .map(|(k, &x)| drelu_eval(party, k, x))
-        .collect()
+    batch_gate(
+        keys,
+        x_hats,
+        DreluKey::n_bits,
+        |k| k.cmp.as_ref(),
+        |refs, lows, out: &mut [[u64; 1]]| dcf_eval_many(party, refs, lows, out),
+        |k, low| [dcf_eval(party, k, low)],
+        |key, _, p, c| drelu_combine(party, key, p, c[0]),
+    )
 }
 
 /// Share of 1{x ≥ c} for signed n-bit x and a public threshold c, from the same DReLU key:
@@ -238,8 +297,30 @@ pub fn drelu_xor_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (DreluXorKey, DreluX
 pub fn drelu_xor_eval(party: PartyId, key: &DreluXorKey, x_hat: u64) -> u8 {
     let (p, low) = split_masked(x_hat, key.n_bits);
     let c = key.cmp.as_ref().map_or(0, |k| dpf_lt(party, k, low));
+    drelu_xor_combine(party, key, p, c)
+}
+
+/// XOR DReLU share from p = 1 ⊕ msb(x̂) and this party's DPF comparison share c.
+#[inline]
+fn drelu_xor_combine(party: PartyId, key: &DreluXorKey, p: u64, c: u8) -> u8 {
     let public = if party == PartyId::P0 { p as u8 } else { 0 };
     public ^ key.msb_share as u8 ^ c
+}
+
+/// [`drelu_xor_eval`] for many (key, x̂) pairs in parallel (rayon, lockstep AES).
+///
+/// # Panics
+/// If `keys` and `x_hats` have different lengths.
+pub fn drelu_xor_eval_batch(party: PartyId, keys: &[DreluXorKey], x_hats: &[u64]) -> Vec<u8> {
+    batch_gate(
+        keys,
+        x_hats,
+        DreluXorKey::n_bits,
+        |k| k.cmp.as_ref(),
+        |refs, lows, out: &mut [u8]| dpf_lt_many(party, refs, lows, out),
+        |k, low| dpf_lt(party, k, low),
+        |key, _, p, c| drelu_xor_combine(party, key, p, c),
+    )
 }
 
 impl DreluXorKey {
@@ -346,10 +427,22 @@ pub fn relu_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (ReluKey, ReluKey) {
 /// Party `party`'s additive shares in Z_2^64 of (DReLU(x), ReLU(x)) from the public x̂ = x + r.
 pub fn relu_eval(party: PartyId, key: &ReluKey, x_hat: u64) -> (u64, u64) {
     let (p, low) = split_masked(x_hat, key.n_bits);
-    let [c1, c2] = key
+    let c = key
         .cmp
         .as_ref()
         .map_or([0, 0], |k| dcf_eval_vec(party, k, low));
+    relu_combine(party, key, x_hat, p, c)
+}
+
+/// (DReLU, ReLU) shares from x̂, p = 1 ⊕ msb(x̂) and this party's two DCF output words.
+#[inline]
+fn relu_combine(
+    party: PartyId,
+    key: &ReluKey,
+    x_hat: u64,
+    p: u64,
+    [c1, c2]: [u64; 2],
+) -> (u64, u64) {
     let flip = 1u64.wrapping_sub(2 * p);
     let w1 = key.msb_share.wrapping_add(c1);
     let w2 = key.msb_mask_share.wrapping_add(c2);
@@ -361,21 +454,20 @@ pub fn relu_eval(party: PartyId, key: &ReluKey, x_hat: u64) -> (u64, u64) {
     (drelu, drelu.wrapping_mul(x_hat).wrapping_sub(drelu_times_r))
 }
 
-/// [`relu_eval`] for many (key, x̂) pairs in parallel (rayon).
+/// [`relu_eval`] for many (key, x̂) pairs in parallel (rayon, lockstep AES).
 ///
 /// # Panics
 /// If `keys` and `x_hats` have different lengths.
 pub fn relu_eval_batch(party: PartyId, keys: &[ReluKey], x_hats: &[u64]) -> Vec<(u64, u64)> {
-    assert_eq!(
-        keys.len(),
-        x_hats.len(),
-        "relu_eval_batch needs one input per key"
-    );
-    keys.par_iter()
-        .zip(x_hats.par_iter())
-        .with_min_len(64)
-        .map(|(k, &x)| relu_eval(party, k, x))
-        .collect()
+    batch_gate(
+        keys,
+        x_hats,
+        ReluKey::n_bits,
+        |k| k.cmp.as_ref(),
+        |refs, lows, out: &mut [[u64; 2]]| dcf_eval_many(party, refs, lows, out),
+        |k, low| dcf_eval_vec(party, k, low),
+        |key, x_hat, p, c| relu_combine(party, key, x_hat, p, c),
+    )
 }
 
 impl ReluKey {

@@ -22,8 +22,8 @@ pub use dcf::{dcf_eval, dcf_eval_batch, dcf_eval_vec, dcf_gen, dcf_gen_vec, DcfK
 pub use dpf::{dpf_eval_all, dpf_eval_bit, dpf_gen, dpf_lt, dpf_lt_batch, DpfKey};
 pub use error::FssError;
 pub use gates::{
-    cmp_ge_eval, drelu_eval, drelu_eval_batch, drelu_gen, drelu_xor_eval, drelu_xor_gen, lut_eval,
-    lut_eval_batch, lut_finish, lut_gen, lut_mask_v, relu_eval, relu_eval_batch, relu_gen,
-    DreluKey, DreluXorKey, LutKey, ReluKey,
+    cmp_ge_eval, drelu_eval, drelu_eval_batch, drelu_gen, drelu_xor_eval, drelu_xor_eval_batch,
+    drelu_xor_gen, lut_eval, lut_eval_batch, lut_finish, lut_gen, lut_mask_v, relu_eval,
+    relu_eval_batch, relu_gen, DreluKey, DreluXorKey, LutKey, ReluKey,
 };
 pub use prg::TreePrg;

@@ -150,3 +150,34 @@ proptest! {
         prop_assert_eq!(a[1].wrapping_add(b[1]), if on { beta2 } else { 0 });
     }
 }
+
+#[test]
+fn batch_with_mixed_widths() {
+    let mut prg = Prg::from_seed([16; 16]);
+    let (mut k0s, mut k1s, mut xs, mut want) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..600u64 {
+        let n = [1u32, 5, 17, 64][(i / 3 % 4) as usize];
+        let out_bits = if i % 7 == 0 { 9 } else { 64 };
+        let alpha = prg.next_u64() & mask(n);
+        let beta = prg.next_u64();
+        let x = if i % 5 == 0 {
+            alpha.saturating_sub(1)
+        } else {
+            prg.next_u64() & mask(n)
+        };
+        let (a, b) = dcf_gen(alpha, beta, n, out_bits, &mut prg);
+        k0s.push(a);
+        k1s.push(b);
+        xs.push(x);
+        want.push(if x < alpha { beta & mask(out_bits) } else { 0 });
+    }
+    let s0 = dcf_eval_batch(PartyId::P0, &k0s, &xs);
+    let s1 = dcf_eval_batch(PartyId::P1, &k1s, &xs);
+    for i in 0..xs.len() {
+        assert_eq!(
+            s0[i].wrapping_add(s1[i]) & mask(k0s[i].out_bits()),
+            want[i],
+            "i={i}"
+        );
+    }
+}

@@ -128,3 +128,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn lt_batch_with_mixed_widths() {
+    let mut prg = Prg::from_seed([15; 16]);
+    let (mut k0s, mut k1s, mut xs, mut want) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..600u64 {
+        let n = [3u32, 7, 8, 9, 30, 64][(i / 5 % 6) as usize];
+        let alpha = prg.next_u64() & mask(n);
+        let x = if i % 4 == 0 {
+            alpha
+        } else {
+            prg.next_u64() & mask(n)
+        };
+        let (a, b) = dpf_gen(alpha, n, &mut prg);
+        k0s.push(a);
+        k1s.push(b);
+        xs.push(x);
+        want.push((x < alpha) as u8);
+    }
+    let s0 = dpf_lt_batch(PartyId::P0, &k0s, &xs);
+    let s1 = dpf_lt_batch(PartyId::P1, &k1s, &xs);
+    for i in 0..xs.len() {
+        assert_eq!(s0[i] ^ s1[i], want[i], "i={i}");
+    }
+}

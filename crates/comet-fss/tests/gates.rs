@@ -204,3 +204,48 @@ fn lut_batch_matches_single() {
         );
     }
 }
+
+#[test]
+fn batches_with_mixed_widths_use_the_fallback_correctly() {
+    let mut prg = Prg::from_seed([14; 16]);
+    let (mut dk, mut xk, mut rk) = (
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+    );
+    let (mut xh, mut want) = (Vec::new(), Vec::new());
+    // Widths change every few keys and include n = 1 (no comparison key) and n ≤ 8 (DPF table).
+    for i in 0..700u64 {
+        let n = [1u32, 2, 5, 8, 9, 20, 64][(i / 3 % 7) as usize];
+        let r = prg.next_u64();
+        let x = signed(prg.next_u64(), n);
+        let (a, b) = drelu_gen(r, n, &mut prg);
+        dk.0.push(a);
+        dk.1.push(b);
+        let (a, b) = drelu_xor_gen(r, n, &mut prg);
+        xk.0.push(a);
+        xk.1.push(b);
+        let (a, b) = relu_gen(r, n, &mut prg);
+        rk.0.push(a);
+        rk.1.push(b);
+        xh.push((x as u64).wrapping_add(r));
+        want.push(x);
+    }
+    let d0 = drelu_eval_batch(PartyId::P0, &dk.0, &xh);
+    let d1 = drelu_eval_batch(PartyId::P1, &dk.1, &xh);
+    let x0 = drelu_xor_eval_batch(PartyId::P0, &xk.0, &xh);
+    let x1 = drelu_xor_eval_batch(PartyId::P1, &xk.1, &xh);
+    let r0 = relu_eval_batch(PartyId::P0, &rk.0, &xh);
+    let r1 = relu_eval_batch(PartyId::P1, &rk.1, &xh);
+    for i in 0..xh.len() {
+        let pos = want[i] >= 0;
+        assert_eq!(d0[i].wrapping_add(d1[i]), pos as u64, "i={i}");
+        assert_eq!((x0[i] ^ x1[i]) as u64, pos as u64, "i={i}");
+        assert_eq!(x0[i], drelu_xor_eval(PartyId::P0, &xk.0[i], xh[i]));
+        assert_eq!(
+            r0[i].1.wrapping_add(r1[i].1),
+            want[i].max(0) as u64,
+            "i={i}"
+        );
+    }
+}
