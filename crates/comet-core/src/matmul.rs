@@ -386,6 +386,8 @@ fn naive_acc(a: &[u64], b: &[u64], b_layout: BLayout, dims: Dims, out: &mut [u64
 
 /// Depth of one `k` block: a packed `KC×NR` panel stays in L1 while it meets every row tile.
 const KC: usize = 128;
+/// Depth of one `k` block when `B` is read in place (few rows: the `C` tile is tiny).
+const DIRECT_KC: usize = 256;
 /// Rows of `C` per parallel task (rounded to a multiple of the kernel's `MR`).
 const MC: usize = 64;
 /// Target columns of `C` per parallel task (rounded to a multiple of the kernel's `NR`).
@@ -446,11 +448,27 @@ pub(crate) trait Backend {
     /// Columns (rows of `Bᵀ`) per dot-product tile.
     const DC: usize;
 
+    /// Most rows of a [`Backend::strip`] call (the few-rows path, `B` read in place).
+    const SR: usize = Self::MR;
+    /// Columns of a [`Backend::strip`] call: wider than `NR` so each `B` row is read as a
+    /// longer contiguous run.
+    const SW: usize = Self::NR;
+
     /// Runs one register tile.
     ///
     /// # Safety
     /// `t` satisfies the [`Tile`] contract and the CPU supports this backend's features.
     unsafe fn tile(t: &Tile);
+
+    /// Runs one few-rows strip: the [`Tile`] contract with `SR` and `SW` in place of `MR`
+    /// and `NR`.
+    ///
+    /// # Safety
+    /// As for [`Backend::tile`], with the strip bounds.
+    unsafe fn strip(t: &Tile) {
+        // SAFETY: by default SR = MR and SW = NR, so the strip is a tile.
+        unsafe { Self::tile(t) }
+    }
 
     /// Runs one dot-product tile.
     ///
@@ -580,25 +598,28 @@ fn pack_panel(
     }
 }
 
-/// Few rows, row-major `B`: read `B` in place (row stride n), one task per NC columns.
-/// Only a ragged last panel (fewer than NR columns) is packed, zero-padded.
+/// Few rows, row-major `B`: read `B` in place (row stride n), one task per column block.
+/// Up to `SR` rows use the wide `strip` kernel, up to `MR` the register tile. Only a ragged
+/// last panel is packed, zero-padded.
 fn drive_direct<K: Backend>(a: &[u64], b: &[u64], dims: Dims, out: OutPtr) {
     let Dims { m, k, n } = dims;
-    let nc = NC.div_ceil(K::NR) * K::NR;
+    let wide = m <= K::SR;
+    let width = if wide { K::SW } else { K::NR };
+    let nc = NC.div_ceil(width) * width;
     for_each_task(n.div_ceil(nc), m * k * n, |task| {
         let j0 = task * nc;
         let j1 = (j0 + nc).min(n);
         let mut edge = Vec::new();
-        for jp in (j0..j1).step_by(K::NR) {
-            let cols = K::NR.min(j1 - jp);
-            let (panel, ldb): (&[u64], usize) = if jp + K::NR <= n {
+        for jp in (j0..j1).step_by(width) {
+            let cols = width.min(j1 - jp);
+            let (panel, ldb): (&[u64], usize) = if jp + width <= n {
                 (&b[jp..], n)
             } else {
-                edge.resize(k * K::NR, 0);
-                pack_panel(b, BLayout::RowMajor, dims, 0, k, jp, cols, K::NR, &mut edge);
-                (&edge, K::NR)
+                edge.resize(k * width, 0);
+                pack_panel(b, BLayout::RowMajor, dims, 0, k, jp, cols, width, &mut edge);
+                (&edge, width)
             };
-            for p0 in (0..k).step_by(KC) {
+            for p0 in (0..k).step_by(DIRECT_KC) {
                 let tile = Tile {
                     a: a[p0..].as_ptr(),
                     lda: k,
@@ -606,15 +627,22 @@ fn drive_direct<K: Backend>(a: &[u64], b: &[u64], dims: Dims, out: OutPtr) {
                     ldb,
                     c: out.at(jp),
                     ldc: n,
-                    kc: KC.min(k - p0),
+                    kc: DIRECT_KC.min(k - p0),
                     rows: m,
                     cols,
                 };
-                // SAFETY: rows = m ≤ MR and A is m×k, so A rows 0..m, columns p0..p0+kc are
-                // in bounds; B rows p0..p0+kc, columns jp..jp+NR lie inside B (jp+NR ≤ n)
-                // or inside the k×NR `edge` panel; the C columns jp..jp+cols belong to this
-                // task only; the backend's CPU support was checked by `matmul_general`.
-                unsafe { K::tile(&tile) };
+                // SAFETY: rows = m ≤ SR (wide) or MR and A is m×k, so A rows 0..m, columns
+                // p0..p0+kc are in bounds; B rows p0..p0+kc, columns jp..jp+width lie inside
+                // B (jp+width ≤ n) or inside the k×width `edge` panel; the C columns
+                // jp..jp+cols belong to this task only; the backend's CPU support was checked
+                // by `matmul_general`.
+                unsafe {
+                    if wide {
+                        K::strip(&tile)
+                    } else {
+                        K::tile(&tile)
+                    }
+                };
             }
         }
     });

@@ -8,13 +8,16 @@ use std::arch::x86_64::*;
 // ---------------------------------------------------------------------------------------------
 // AVX-512
 
-/// AVX-512F/DQ kernels: 8×24 register tile (24 zmm accumulators), 4×4 dot tiles.
+/// AVX-512F/DQ kernels: 8×24 register tile (24 zmm accumulators), 2×64 few-rows strips,
+/// 4×4 dot tiles.
 pub(crate) struct Avx512;
 
 /// `u64` lanes per zmm register.
 const L512: usize = 8;
 /// zmm registers per tile row.
 const V512: usize = 3;
+/// zmm registers per row of a few-rows strip.
+const VS512: usize = 8;
 
 impl Backend for Avx512 {
     const MR: usize = 8;
@@ -22,20 +25,35 @@ impl Backend for Avx512 {
     const DR: usize = 4;
     const DC: usize = 4;
 
+    const SR: usize = 2;
+    const SW: usize = VS512 * L512;
+
     unsafe fn tile(t: &Tile) {
         debug_assert!((1..=Self::MR).contains(&t.rows) && (1..=Self::NR).contains(&t.cols));
         // SAFETY: the caller guarantees the `Tile` contract and AVX-512F/DQ support; the
-        // const row count equals `t.rows`.
+        // const row count equals `t.rows` and the const width is NR.
         unsafe {
             match t.rows {
-                1 => avx512_tile::<1>(t),
-                2 => avx512_tile::<2>(t),
-                3 => avx512_tile::<3>(t),
-                4 => avx512_tile::<4>(t),
-                5 => avx512_tile::<5>(t),
-                6 => avx512_tile::<6>(t),
-                7 => avx512_tile::<7>(t),
-                _ => avx512_tile::<8>(t),
+                1 => avx512_tile::<1, V512>(t),
+                2 => avx512_tile::<2, V512>(t),
+                3 => avx512_tile::<3, V512>(t),
+                4 => avx512_tile::<4, V512>(t),
+                5 => avx512_tile::<5, V512>(t),
+                6 => avx512_tile::<6, V512>(t),
+                7 => avx512_tile::<7, V512>(t),
+                _ => avx512_tile::<8, V512>(t),
+            }
+        }
+    }
+
+    unsafe fn strip(t: &Tile) {
+        debug_assert!((1..=Self::SR).contains(&t.rows) && (1..=Self::SW).contains(&t.cols));
+        // SAFETY: the caller guarantees the `Tile` contract for width SW and AVX-512F/DQ
+        // support; the const row count equals `t.rows` and the const width is SW.
+        unsafe {
+            match t.rows {
+                1 => avx512_tile::<1, VS512>(t),
+                _ => avx512_tile::<2, VS512>(t),
             }
         }
     }
@@ -60,19 +78,20 @@ fn mask8(lanes: usize) -> __mmask8 {
     ((1u16 << lanes) - 1) as __mmask8
 }
 
-/// `C[R×cols] += A[R×kc] · B[kc×24]`, accumulators in 3R zmm registers.
+/// `C[R×cols] += A[R×kc] · B[kc×8V]`, accumulators in R·V zmm registers.
 ///
 /// # Safety
-/// `t` satisfies the `Tile` contract with `t.rows == R`, and the CPU has AVX-512F and DQ.
+/// `t` satisfies the `Tile` contract with `t.rows == R` and panel width `8V`, and the CPU
+/// has AVX-512F and DQ.
 #[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn avx512_tile<const R: usize>(t: &Tile) {
-    let mut acc = [[_mm512_setzero_si512(); V512]; R];
+unsafe fn avx512_tile<const R: usize, const V: usize>(t: &Tile) {
+    let mut acc = [[_mm512_setzero_si512(); V]; R];
     let mut a = t.a;
     let mut b = t.b;
     for _ in 0..t.kc {
-        let mut bv = [_mm512_setzero_si512(); V512];
+        let mut bv = [_mm512_setzero_si512(); V];
         for (v, reg) in bv.iter_mut().enumerate() {
-            // SAFETY: columns 8v..8v+8 < NR of the current B row, inside the panel.
+            // SAFETY: columns 8v..8v+8 < 8V of the current B row, inside the panel.
             *reg = unsafe { _mm512_loadu_si512(b.add(v * L512).cast()) };
         }
         for (i, acc_row) in acc.iter_mut().enumerate() {
