@@ -172,7 +172,7 @@ pub fn matmul_naive(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -> Vec<u
 /// # Panics
 /// If `a.len() != m*k` or `b.len() != k*n`.
 pub fn matmul(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
-    let mut out = vec![0u64; m * n];
+    let mut out = vec![0u64; m.saturating_mul(n)];
     matmul_into(a, b, m, k, n, &mut out);
     out
 }
@@ -182,16 +182,14 @@ pub fn matmul(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
 /// # Panics
 /// If an operand's length does not match the shape.
 pub fn matmul_into(a: &[u64], b: &[u64], m: usize, k: usize, n: usize, out: &mut [u64]) {
-    let dims = Dims { m, k, n };
-    expect_ok(matmul_general(
-        detected_kernel(),
+    run_detected(
         a,
         b,
         BLayout::RowMajor,
-        dims,
+        Dims { m, k, n },
         out,
         OutputMode::Overwrite,
-    ));
+    );
 }
 
 /// `out += A·B` (wrapping, `out` m×n row-major) with the fastest kernel.
@@ -199,35 +197,84 @@ pub fn matmul_into(a: &[u64], b: &[u64], m: usize, k: usize, n: usize, out: &mut
 /// # Panics
 /// If an operand's length does not match the shape.
 pub fn matmul_acc(a: &[u64], b: &[u64], m: usize, k: usize, n: usize, out: &mut [u64]) {
-    let dims = Dims { m, k, n };
-    expect_ok(matmul_general(
-        detected_kernel(),
+    run_detected(
         a,
         b,
         BLayout::RowMajor,
-        dims,
+        Dims { m, k, n },
         out,
         OutputMode::Accumulate,
-    ));
+    );
 }
 
-/// `C = A·Bᵀᵀ = A·B` where `bt` holds `Bᵀ` (n×k row-major), i.e. `y = x·Wᵀ` for weights `W`
-/// stored `[out, in]`; fastest kernel.
+/// `C = A·B` where `bt` holds `Bᵀ` (n×k row-major): `y = x·Wᵀ` for activations `x` (m×k)
+/// and weights `W` stored `[out = n, in = k]`, as in GGUF; fastest kernel.
 ///
 /// # Panics
 /// If `a.len() != m*k` or `bt.len() != n*k`.
 pub fn matmul_transposed_b(a: &[u64], bt: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
-    let mut out = vec![0u64; m * n];
-    expect_ok(matmul_general(
-        detected_kernel(),
+    let mut out = vec![0u64; m.saturating_mul(n)];
+    matmul_transposed_b_into(a, bt, m, k, n, &mut out);
+    out
+}
+
+/// `out = A·B` with `bt = Bᵀ` (n×k row-major), overwriting `out` (m×n); fastest kernel.
+///
+/// # Panics
+/// If an operand's length does not match the shape.
+pub fn matmul_transposed_b_into(
+    a: &[u64],
+    bt: &[u64],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [u64],
+) {
+    run_detected(
         a,
         bt,
         BLayout::Transposed,
         Dims { m, k, n },
-        &mut out,
+        out,
         OutputMode::Overwrite,
-    ));
-    out
+    );
+}
+
+/// `out += A·B` with `bt = Bᵀ` (n×k row-major), `out` m×n; fastest kernel.
+///
+/// # Panics
+/// If an operand's length does not match the shape.
+pub fn matmul_transposed_b_acc(
+    a: &[u64],
+    bt: &[u64],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [u64],
+) {
+    run_detected(
+        a,
+        bt,
+        BLayout::Transposed,
+        Dims { m, k, n },
+        out,
+        OutputMode::Accumulate,
+    );
+}
+
+/// [`matmul_general`] with [`detected_kernel`], panicking with the error's message on a bad
+/// shape (the infallible entry points above).
+fn run_detected(
+    a: &[u64],
+    b: &[u64],
+    b_layout: BLayout,
+    dims: Dims,
+    out: &mut [u64],
+    mode: OutputMode,
+) {
+    if let Err(e) = matmul_general(detected_kernel(), a, b, b_layout, dims, out, mode) {
+        panic!("{e}");
+    }
 }
 
 /// `C = A·B` (row-major `B`, k×n) with a chosen kernel; errors if the CPU lacks it.
@@ -307,12 +354,6 @@ pub fn matmul_general(
         Kernel::Avx2 | Kernel::Avx512 => unreachable!("is_supported() is false off x86_64"),
     }
     Ok(())
-}
-
-fn expect_ok(result: Result<(), MatmulError>) {
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 /// Checks `a` and `b` against `dims` and `kernel` against the CPU; returns the output length.

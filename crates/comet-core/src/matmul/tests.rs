@@ -194,6 +194,12 @@ fn default_entry_points_match_naive() {
     matmul_acc(&a, &b, m, k, n, &mut out);
     let doubled: Vec<u64> = expected.iter().map(|x| x.wrapping_mul(2)).collect();
     assert_eq!(out, doubled);
+    let bt = transpose(&b, k, n);
+    let mut out = random(&mut prg, m * n);
+    matmul_transposed_b_into(&a, &bt, m, k, n, &mut out);
+    assert_eq!(out, expected);
+    matmul_transposed_b_acc(&a, &bt, m, k, n, &mut out);
+    assert_eq!(out, doubled);
 }
 
 #[test]
