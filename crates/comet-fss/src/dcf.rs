@@ -381,7 +381,12 @@ impl<const W: usize> DcfKey<W> {
 
     /// Length of [`DcfKey::to_bytes`]: 3 header bytes + the bit-packed body.
     pub fn encoded_len(&self) -> usize {
-        3 + Self::body_bits(self.n_bits, self.out_bits).div_ceil(8)
+        Self::encoded_len_for(self.n_bits, self.out_bits)
+    }
+
+    /// Serialized key length for the given widths, without generating a key (cost models).
+    pub fn encoded_len_for(n_bits: u32, out_bits: u32) -> usize {
+        3 + Self::body_bits(n_bits, out_bits).div_ceil(8)
     }
 
     /// Appends the serialized key to `out`.

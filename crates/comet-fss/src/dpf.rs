@@ -403,7 +403,12 @@ impl DpfKey {
 
     /// Length of [`DpfKey::to_bytes`]: 2 header bytes + the bit-packed body.
     pub fn encoded_len(&self) -> usize {
-        2 + Self::body_bits(self.n_bits).div_ceil(8)
+        Self::encoded_len_for(self.n_bits)
+    }
+
+    /// Serialized key length for an `n_bits`-bit domain, without generating a key.
+    pub fn encoded_len_for(n_bits: u32) -> usize {
+        2 + Self::body_bits(n_bits).div_ceil(8)
     }
 
     pub(crate) fn write_to(&self, out: &mut Vec<u8>) {

@@ -11,6 +11,8 @@
 //! every key type has `to_bytes`, `from_bytes` (structural errors, never panics) and
 //! `encoded_len`.
 
+#![warn(missing_docs)]
+
 mod codec;
 pub mod dcf;
 pub mod dpf;

@@ -70,6 +70,29 @@ fn decode(kind: &str, bytes: &[u8]) -> Result<(Vec<u8>, usize), FssError> {
 }
 
 #[test]
+fn static_lengths_match_generated_keys() {
+    let mut prg = Prg::from_seed([23; 16]);
+    for n in 1..=64u32 {
+        assert_eq!(
+            DpfKey::encoded_len_for(n),
+            dpf_gen(0, n, &mut prg).0.to_bytes().len()
+        );
+        for out_bits in [1u32, 8, 37, 64] {
+            let k = dcf_gen(0, 1, n, out_bits, &mut prg).0;
+            assert_eq!(
+                DcfKey::<1>::encoded_len_for(n, out_bits),
+                k.to_bytes().len()
+            );
+            let k = dcf_gen_vec(0, [1, 1], n, out_bits, &mut prg).0;
+            assert_eq!(
+                DcfKey::<2>::encoded_len_for(n, out_bits),
+                k.to_bytes().len()
+            );
+        }
+    }
+}
+
+#[test]
 fn round_trip_and_encoded_len() {
     for (kind, bytes) in all_keys() {
         let (again, len) = decode(kind, &bytes).unwrap();
