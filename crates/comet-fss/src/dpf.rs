@@ -12,7 +12,9 @@
 //! ```
 //!
 //! with `LeafCW[keep] = c_0^keep ⊕ c_1^keep ⊕ e_{α mod 128}` and `LeafCW[lose] = c_0^lose ⊕ c_1^lose`
-//! (c_b = raw child blocks of the two parties' last on-path seeds). Evaluation costs exactly
+//! (c_b = raw child blocks of the two parties' last on-path seeds, control bit included, so
+//! each leaf correction word is masked by 128 bits of the other party's PRG output; off α's
+//! path both parties hold equal seeds and equal leaves). Evaluation costs exactly
 //! d = n − 7 AES calls, full-domain evaluation 2^(d+1) − 2 AES calls (pipelined). Key size:
 //! 127 + (d − 1)·129 + 256 bits + 2 header bytes (≈ 16(n − 5) bytes, fss-notes §1).
 //!
