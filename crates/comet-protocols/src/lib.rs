@@ -10,6 +10,7 @@
 //! * [`testing`]: runs both servers in one process for tests and benchmarks.
 
 pub mod arith;
+pub mod compare;
 pub mod error;
 pub mod party;
 pub mod testing;

@@ -5,6 +5,8 @@
 //! module and adding one line to [`generate_by_tag`].
 
 pub mod beaver;
+pub mod compare;
+pub mod lut;
 pub mod matmul;
 
 use crate::{CorrelationKind, DealerError, GenContext};
@@ -16,6 +18,10 @@ pub fn generate_by_tag(tag: u8, params: &[u8], ctx: &mut GenContext) -> Result<[
     match tag {
         matmul::MatmulMask::TAG => generate::<matmul::MatmulMask>(params, ctx),
         beaver::BeaverTriple::TAG => generate::<beaver::BeaverTriple>(params, ctx),
+        compare::DreluKeys::TAG => generate::<compare::DreluKeys>(params, ctx),
+        compare::SelectMasks::TAG => generate::<compare::SelectMasks>(params, ctx),
+        compare::ReluKeys::TAG => generate::<compare::ReluKeys>(params, ctx),
+        lut::LutKeys::TAG => generate::<lut::LutKeys>(params, ctx),
         other => Err(DealerError::UnknownKind(other)),
     }
 }

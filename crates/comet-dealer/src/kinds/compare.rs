@@ -1,0 +1,412 @@
+//! Correlations of the FSS comparison gates (tags 30–32): DReLU keys, select masks and
+//! one-round ReLU keys. The protocols that consume them live in `comet_protocols::compare`.
+//!
+//! Every kind serves a batch of `n` independent elements. Input masks whose two shares may both
+//! be random come from two PRG seeds (one per server); shares of values the dealer derives
+//! (msb(r), products) are a seed for P0 and explicit ring words for P1. FSS keys are carried
+//! as one block of equally long serialized keys (`comet_fss` `to_bytes`), decoded in parallel;
+//! every structural defect (truncation, wrong widths, trailing bytes) is a
+//! [`DealerError::Malformed`].
+
+use super::{check_size, expand, get_ring, get_seed, put_seed};
+use crate::{CorrelationKind, DealerError, GenContext};
+use comet_core::ring::mask_bits;
+use comet_core::{PartyId, Prg, Seed};
+use comet_fss::{dcf_gen, dcf_gen_vec, DcfKey, DpfKey, FssError};
+use comet_net::codec::{Reader, Writer};
+use rayon::prelude::*;
+
+/// A serializable FSS key, so that batches of keys share one encoder and decoder.
+pub(crate) trait FssKeyBytes: Sized + Send + Sync {
+    /// The key's bytes (`comet_fss` format).
+    fn key_bytes(&self) -> Vec<u8>;
+    /// Parses one key; structural corruption is an error.
+    fn parse_key(bytes: &[u8]) -> Result<Self, FssError>;
+}
+
+impl FssKeyBytes for DcfKey<1> {
+    fn key_bytes(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+    fn parse_key(bytes: &[u8]) -> Result<Self, FssError> {
+        DcfKey::<1>::from_bytes(bytes)
+    }
+}
+
+impl FssKeyBytes for DcfKey<2> {
+    fn key_bytes(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+    fn parse_key(bytes: &[u8]) -> Result<Self, FssError> {
+        DcfKey::<2>::from_bytes(bytes)
+    }
+}
+
+impl FssKeyBytes for DpfKey {
+    fn key_bytes(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+    fn parse_key(bytes: &[u8]) -> Result<Self, FssError> {
+        DpfKey::from_bytes(bytes)
+    }
+}
+
+/// Appends a batch of keys of equal encoded length: the length (u32), then all key bytes as
+/// one length-prefixed block.
+pub(crate) fn put_keys<K: FssKeyBytes>(w: &mut Writer, keys: &[K]) {
+    let encoded: Vec<Vec<u8>> = keys.par_iter().map(K::key_bytes).collect();
+    let len = encoded.first().map_or(0, Vec::len);
+    debug_assert!(
+        encoded.iter().all(|k| k.len() == len),
+        "keys of one batch have equal length"
+    );
+    w.u32(len as u32);
+    w.bytes(&encoded.concat());
+}
+
+/// Reads `n` keys written by [`put_keys`], in parallel.
+pub(crate) fn get_keys<K: FssKeyBytes>(
+    r: &mut Reader,
+    n: usize,
+    what: &str,
+) -> Result<Vec<K>, DealerError> {
+    let len = r.u32().map_err(|e| DealerError::malformed(what, e))? as usize;
+    let block = r.bytes().map_err(|e| DealerError::malformed(what, e))?;
+    if len == 0 || n.checked_mul(len) != Some(block.len()) {
+        return Err(DealerError::Malformed(format!(
+            "{what}: key block of {} bytes does not hold {n} keys of {len} bytes",
+            block.len()
+        )));
+    }
+    block
+        .par_chunks_exact(len)
+        .map(|c| K::parse_key(c).map_err(|e| DealerError::malformed(what, e)))
+        .collect()
+}
+
+/// Generates `n` key pairs in parallel: the dealer's PRG seeds one child PRG per chunk, so the
+/// result depends only on the dealer's PRG state, not on the thread schedule.
+pub(crate) fn gen_key_pairs<K: Send>(
+    n: usize,
+    prg: &mut Prg,
+    gen: impl Fn(usize, &mut Prg) -> (K, K) + Sync,
+) -> (Vec<K>, Vec<K>) {
+    const CHUNK: usize = 64;
+    let seeds: Vec<Seed> = (0..n.div_ceil(CHUNK)).map(|_| prg.next_seed()).collect();
+    let chunks: Vec<Vec<(K, K)>> = seeds
+        .par_iter()
+        .enumerate()
+        .map(|(c, seed)| {
+            let mut child = Prg::from_seed(*seed);
+            (c * CHUNK..n.min((c + 1) * CHUNK))
+                .map(|i| gen(i, &mut child))
+                .collect()
+        })
+        .collect();
+    chunks.into_iter().flatten().unzip()
+}
+
+/// Checks the width of a signed value fed to a sign test (2..=64 bits: one bit for the sign,
+/// at least one compared bit).
+pub(crate) fn check_sign_bits(what: &str, bits: u32) -> Result<(), DealerError> {
+    if !(2..=64).contains(&bits) {
+        return Err(DealerError::InvalidParams(format!(
+            "{what}: width {bits} is outside 2..=64 bits"
+        )));
+    }
+    Ok(())
+}
+
+fn finish_reader(r: Reader, what: &str) -> Result<(), DealerError> {
+    r.finish().map_err(|e| DealerError::malformed(what, e))
+}
+
+/// Public parameters of a batch of sign tests: `n` elements, signed `bits`-bit inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignParams {
+    /// Number of elements.
+    pub n: usize,
+    /// Width of the signed input (2..=64); the sign is bit `bits − 1`.
+    pub bits: u32,
+}
+
+fn encode_sign_params(p: &SignParams, w: &mut Writer) {
+    w.u32(p.n as u32);
+    w.u8(p.bits as u8);
+}
+
+fn decode_sign_params(r: &mut Reader) -> Result<SignParams, DealerError> {
+    let n = r.u32()? as usize;
+    let bits = r.u8()? as u32;
+    Ok(SignParams { n, bits })
+}
+
+/// A server's half of `n` DReLU keys (tag 30): shares of 1{x ≥ 0} for signed `bits`-bit x
+/// from the opened x̂ = x + r mod 2^bits, by the MSB identity
+/// `msb(x) = msb(x̂) ⊕ msb(r) ⊕ 1{x̂' < r'}` (fss-notes §2, primes = low bits − 1 bits).
+#[derive(Clone, Debug)]
+pub struct DreluKeys {
+    /// Width of the signed input.
+    pub bits: u32,
+    /// Share of the input mask r (mod 2^bits).
+    pub mask: Vec<u64>,
+    /// Additive Z_2^64 share of q = msb(r).
+    pub msb: Vec<u64>,
+    /// DCF keys on `bits − 1` bits for 1{x̂' < r'} with payload 1 − 2q (64-bit words).
+    pub cmp: Vec<DcfKey>,
+}
+
+impl CorrelationKind for DreluKeys {
+    type Params = SignParams;
+    const TAG: u8 = 30;
+    const NAME: &'static str = "DReLU keys";
+
+    fn encode_params(params: &SignParams, w: &mut Writer) {
+        encode_sign_params(params, w);
+    }
+
+    fn decode_params(r: &mut Reader) -> Result<SignParams, DealerError> {
+        decode_sign_params(r)
+    }
+
+    fn generate(params: &SignParams, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+        let SignParams { n, bits } = *params;
+        check_size("DReLU elements", n)?;
+        check_sign_bits(Self::NAME, bits)?;
+        let mask = mask_bits(bits);
+        let seeds = [ctx.prg.next_seed(), ctx.prg.next_seed()];
+        let p0 = expand(&seeds[0], 2 * n);
+        let r1 = expand(&seeds[1], n);
+        let r: Vec<u64> = (0..n).map(|i| p0[i].wrapping_add(r1[i]) & mask).collect();
+        let q1: Vec<u64> = (0..n)
+            .map(|i| (r[i] >> (bits - 1)).wrapping_sub(p0[n + i]))
+            .collect();
+        let (k0, k1) = gen_key_pairs(n, ctx.prg, |i, prg| {
+            let q = r[i] >> (bits - 1);
+            dcf_gen(
+                r[i] & mask_bits(bits - 1),
+                1u64.wrapping_sub(2 * q),
+                bits - 1,
+                64,
+                prg,
+            )
+        });
+        let (mut w0, mut w1) = (Writer::new(), Writer::new());
+        put_seed(&mut w0, &seeds[0]);
+        put_keys(&mut w0, &k0);
+        put_seed(&mut w1, &seeds[1]);
+        w1.ring(&q1, 64);
+        put_keys(&mut w1, &k1);
+        Ok([w0.finish(), w1.finish()])
+    }
+
+    fn decode(party: PartyId, params: &SignParams, bytes: &[u8]) -> Result<Self, DealerError> {
+        let SignParams { n, bits } = *params;
+        check_sign_bits(Self::NAME, bits)?;
+        let mut r = Reader::new(bytes);
+        let seed = get_seed(&mut r)?;
+        let (mask, msb) = match party {
+            PartyId::P0 => {
+                let mut v = expand(&seed, 2 * n);
+                let msb = v.split_off(n);
+                (v, msb)
+            }
+            PartyId::P1 => (expand(&seed, n), get_ring(&mut r, n, Self::NAME)?),
+        };
+        let cmp: Vec<DcfKey> = get_keys(&mut r, n, Self::NAME)?;
+        finish_reader(r, Self::NAME)?;
+        if let Some(k) = cmp
+            .iter()
+            .find(|k| k.n_bits() != bits - 1 || k.out_bits() != 64)
+        {
+            return Err(DealerError::Malformed(format!(
+                "{}: DCF key of {} bits / {}-bit payload, expected {} / 64",
+                Self::NAME,
+                k.n_bits(),
+                k.out_bits(),
+                bits - 1
+            )));
+        }
+        let m = mask_bits(bits);
+        Ok(DreluKeys {
+            bits,
+            mask: mask.into_iter().map(|v| v & m).collect(),
+            msb,
+            cmp,
+        })
+    }
+}
+
+/// A server's half of `n` select masks (tag 31) for b·x with a secret bit b and a secret ring
+/// element x: x is opened as x̂ = x + r (64 bits) and b as ĉ = b ⊕ ρ (1 bit).
+#[derive(Clone, Debug)]
+pub struct SelectMasks {
+    /// Additive share of the 64-bit mask r of x.
+    pub x_mask: Vec<u64>,
+    /// XOR share (0/1) of the bit mask ρ.
+    pub bit_mask: Vec<u64>,
+    /// Additive Z_2^64 share of ρ.
+    pub bit_mask_arith: Vec<u64>,
+    /// Additive share of ρ·r.
+    pub product: Vec<u64>,
+}
+
+impl CorrelationKind for SelectMasks {
+    type Params = usize;
+    const TAG: u8 = 31;
+    const NAME: &'static str = "select masks";
+
+    fn encode_params(n: &usize, w: &mut Writer) {
+        w.u32(*n as u32);
+    }
+
+    fn decode_params(r: &mut Reader) -> Result<usize, DealerError> {
+        Ok(r.u32()? as usize)
+    }
+
+    fn generate(&n: &usize, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+        check_size("select elements", n)?;
+        let seeds = [ctx.prg.next_seed(), ctx.prg.next_seed()];
+        let h0 = expand(&seeds[0], 4 * n);
+        let h1 = expand(&seeds[1], 2 * n);
+        let mut rho1 = Vec::with_capacity(n);
+        let mut prod1 = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = h0[i].wrapping_add(h1[i]);
+            let rho = (h0[n + i] ^ h1[n + i]) & 1;
+            rho1.push(rho.wrapping_sub(h0[2 * n + i]));
+            prod1.push(rho.wrapping_mul(r).wrapping_sub(h0[3 * n + i]));
+        }
+        let (mut w0, mut w1) = (Writer::new(), Writer::new());
+        put_seed(&mut w0, &seeds[0]);
+        put_seed(&mut w1, &seeds[1]);
+        w1.ring(&rho1, 64);
+        w1.ring(&prod1, 64);
+        Ok([w0.finish(), w1.finish()])
+    }
+
+    fn decode(party: PartyId, &n: &usize, bytes: &[u8]) -> Result<Self, DealerError> {
+        let mut r = Reader::new(bytes);
+        let seed = get_seed(&mut r)?;
+        let masks = match party {
+            PartyId::P0 => {
+                let v = expand(&seed, 4 * n);
+                SelectMasks {
+                    x_mask: v[..n].to_vec(),
+                    bit_mask: v[n..2 * n].iter().map(|b| b & 1).collect(),
+                    bit_mask_arith: v[2 * n..3 * n].to_vec(),
+                    product: v[3 * n..].to_vec(),
+                }
+            }
+            PartyId::P1 => {
+                let v = expand(&seed, 2 * n);
+                SelectMasks {
+                    x_mask: v[..n].to_vec(),
+                    bit_mask: v[n..].iter().map(|b| b & 1).collect(),
+                    bit_mask_arith: get_ring(&mut r, n, Self::NAME)?,
+                    product: get_ring(&mut r, n, Self::NAME)?,
+                }
+            }
+        };
+        finish_reader(r, Self::NAME)?;
+        Ok(masks)
+    }
+}
+
+/// A server's half of `n` one-round ReLU keys (tag 32): x ∈ Z_2^64 is opened as x̂ = x + r
+/// (64 bits); the sign is read from the low `bits` bits by the MSB identity with a DCF whose
+/// payload is (1 − 2q, (1 − 2q)·r), q = msb_bits(r) (BCG+21 style, fss-notes §2).
+#[derive(Clone, Debug)]
+pub struct ReluKeys {
+    /// Width of the signed input.
+    pub bits: u32,
+    /// Additive share of the 64-bit mask r.
+    pub mask: Vec<u64>,
+    /// Additive share of q = bit `bits − 1` of r.
+    pub msb: Vec<u64>,
+    /// Additive share of q·r.
+    pub msb_mask: Vec<u64>,
+    /// DCF keys on `bits − 1` bits for 1{x̂' < r'} with the two-word payload above.
+    pub cmp: Vec<DcfKey<2>>,
+}
+
+impl CorrelationKind for ReluKeys {
+    type Params = SignParams;
+    const TAG: u8 = 32;
+    const NAME: &'static str = "ReLU keys";
+
+    fn encode_params(params: &SignParams, w: &mut Writer) {
+        encode_sign_params(params, w);
+    }
+
+    fn decode_params(r: &mut Reader) -> Result<SignParams, DealerError> {
+        decode_sign_params(r)
+    }
+
+    fn generate(params: &SignParams, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+        let SignParams { n, bits } = *params;
+        check_size("ReLU elements", n)?;
+        check_sign_bits(Self::NAME, bits)?;
+        let seeds = [ctx.prg.next_seed(), ctx.prg.next_seed()];
+        let h0 = expand(&seeds[0], 3 * n);
+        let h1 = expand(&seeds[1], n);
+        let r: Vec<u64> = (0..n).map(|i| h0[i].wrapping_add(h1[i])).collect();
+        let q: Vec<u64> = r.iter().map(|v| (v >> (bits - 1)) & 1).collect();
+        let q1: Vec<u64> = (0..n).map(|i| q[i].wrapping_sub(h0[n + i])).collect();
+        let qr1: Vec<u64> = (0..n)
+            .map(|i| q[i].wrapping_mul(r[i]).wrapping_sub(h0[2 * n + i]))
+            .collect();
+        let (k0, k1) = gen_key_pairs(n, ctx.prg, |i, prg| {
+            let factor = 1u64.wrapping_sub(2 * q[i]);
+            let beta = [factor, factor.wrapping_mul(r[i])];
+            dcf_gen_vec(r[i] & mask_bits(bits - 1), beta, bits - 1, 64, prg)
+        });
+        let (mut w0, mut w1) = (Writer::new(), Writer::new());
+        put_seed(&mut w0, &seeds[0]);
+        put_keys(&mut w0, &k0);
+        put_seed(&mut w1, &seeds[1]);
+        w1.ring(&q1, 64);
+        w1.ring(&qr1, 64);
+        put_keys(&mut w1, &k1);
+        Ok([w0.finish(), w1.finish()])
+    }
+
+    fn decode(party: PartyId, params: &SignParams, bytes: &[u8]) -> Result<Self, DealerError> {
+        let SignParams { n, bits } = *params;
+        check_sign_bits(Self::NAME, bits)?;
+        let mut r = Reader::new(bytes);
+        let seed = get_seed(&mut r)?;
+        let (mask, msb, msb_mask) = match party {
+            PartyId::P0 => {
+                let v = expand(&seed, 3 * n);
+                (v[..n].to_vec(), v[n..2 * n].to_vec(), v[2 * n..].to_vec())
+            }
+            PartyId::P1 => {
+                let mask = expand(&seed, n);
+                let msb = get_ring(&mut r, n, Self::NAME)?;
+                (mask, msb, get_ring(&mut r, n, Self::NAME)?)
+            }
+        };
+        let cmp: Vec<DcfKey<2>> = get_keys(&mut r, n, Self::NAME)?;
+        finish_reader(r, Self::NAME)?;
+        if let Some(k) = cmp
+            .iter()
+            .find(|k| k.n_bits() != bits - 1 || k.out_bits() != 64)
+        {
+            return Err(DealerError::Malformed(format!(
+                "{}: DCF key of {} bits / {}-bit payload, expected {} / 64",
+                Self::NAME,
+                k.n_bits(),
+                k.out_bits(),
+                bits - 1
+            )));
+        }
+        Ok(ReluKeys {
+            bits,
+            mask,
+            msb,
+            msb_mask,
+            cmp,
+        })
+    }
+}
