@@ -26,7 +26,7 @@ use comet_core::{PartyId, Prg};
 use rayon::prelude::*;
 
 const DRELU_TAG: u8 = 0xE1;
-const DRELU_XOR_TAG: u8 = 0xE2;
+const DRELU_BIT_TAG: u8 = 0xE2;
 const RELU_TAG: u8 = 0xE3;
 const LUT_TAG: u8 = 0xE4;
 
@@ -202,6 +202,13 @@ pub fn cmp_ge_eval(party: PartyId, key: &DreluKey, x_hat: u64, c: u64) -> u64 {
     drelu_eval(party, key, x_hat.wrapping_sub(c))
 }
 
+/// Share of 1{x < c} = 1 − 1{x ≥ c}, same conditions as [`cmp_ge_eval`].
+pub fn cmp_lt_eval(party: PartyId, key: &DreluKey, x_hat: u64, c: u64) -> u64 {
+    let ge = cmp_ge_eval(party, key, x_hat, c);
+    let one: u64 = if party == PartyId::P0 { 1 } else { 0 };
+    one.wrapping_sub(ge)
+}
+
 impl DreluKey {
     /// Width n of the signed input.
     pub fn n_bits(&self) -> u32 {
@@ -250,29 +257,38 @@ impl DreluKey {
 }
 
 // ---------------------------------------------------------------------------------------------
-// DReLU with an XOR-shared output (SIGMA, DPF-based).
+// DReLU with a masked one-bit output (SIGMA, DPF-based).
 
-/// One party's key for SIGMA's DReLU: an early-terminated DPF on n−1 bits at r' plus an XOR
-/// share of msb(r). Output is an XOR share of the bit; ≈16(n − 6) bytes, n − 8 AES per eval.
+/// One party's key for SIGMA's DReLU: an early-terminated DPF on n−1 bits at r', an XOR share
+/// of msb(r) ⊕ m and an additive share of m, for a random output mask bit m.
+///
+/// [`drelu_bit_eval`] gives XOR shares of `e = DReLU(x) ⊕ m`; e is uniform, so the parties
+/// may open it (1 bit each, one round). [`drelu_bit_finish`] then turns the public e into
+/// additive shares of `DReLU(x) = e ⊕ m = e + (1 − 2e)·m` in Z_2^64. Key ≈ 16(n − 6) + 9
+/// bytes, n − 8 AES per evaluation (vs. a 64-bit-payload DCF for [`DreluKey`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DreluXorKey {
+pub struct DreluBitKey {
     n_bits: u32,
-    msb_share: bool,
+    masked_msb_share: bool,
+    out_mask_share: u64,
     cmp: Option<DpfKey>,
 }
 
-/// Dealer: XOR-output DReLU keys for input mask `r` (reduced mod 2^n).
+/// Dealer: masked-bit DReLU keys for input mask `r` (reduced mod 2^n).
 ///
 /// # Panics
 /// If `n_bits` is outside 1..=64.
-pub fn drelu_xor_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (DreluXorKey, DreluXorKey) {
+pub fn drelu_bit_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (DreluBitKey, DreluBitKey) {
     assert!(
         (1..=64).contains(&n_bits),
         "DReLU width must be 1..=64 bits, got {n_bits}"
     );
     let r = r & mask64(n_bits);
     let q = (r >> (n_bits - 1)) == 1;
-    let q0 = prg.next_u64() & 1 == 1;
+    let bits = prg.next_u64();
+    let out_mask = bits & 1 == 1;
+    let share0 = bits & 2 == 2;
+    let m_sh = share_u64(out_mask as u64, prg);
     let (c0, c1) = if n_bits >= 2 {
         let (a, b) = dpf_gen(r & mask64(n_bits - 1), n_bits - 1, prg);
         (Some(a), Some(b))
@@ -280,83 +296,97 @@ pub fn drelu_xor_gen(r: u64, n_bits: u32, prg: &mut Prg) -> (DreluXorKey, DreluX
         (None, None)
     };
     (
-        DreluXorKey {
+        DreluBitKey {
             n_bits,
-            msb_share: q0,
+            masked_msb_share: share0,
+            out_mask_share: m_sh[0],
             cmp: c0,
         },
-        DreluXorKey {
+        DreluBitKey {
             n_bits,
-            msb_share: q0 ^ q,
+            masked_msb_share: share0 ^ q ^ out_mask,
+            out_mask_share: m_sh[1],
             cmp: c1,
         },
     )
 }
 
-/// Party `party`'s XOR share of 1{x ≥ 0}: `[b = 0]·p ⊕ q_b ⊕ DPF-lt_b(x̂')`.
-pub fn drelu_xor_eval(party: PartyId, key: &DreluXorKey, x_hat: u64) -> u8 {
+/// Party `party`'s XOR share of `DReLU(x) ⊕ m`: `[b = 0]·p ⊕ (q ⊕ m)_b ⊕ DPF-lt_b(x̂')`.
+/// Safe to open; see [`DreluBitKey`].
+pub fn drelu_bit_eval(party: PartyId, key: &DreluBitKey, x_hat: u64) -> u8 {
     let (p, low) = split_masked(x_hat, key.n_bits);
     let c = key.cmp.as_ref().map_or(0, |k| dpf_lt(party, k, low));
-    drelu_xor_combine(party, key, p, c)
+    drelu_bit_combine(party, key, p, c)
 }
 
-/// XOR DReLU share from p = 1 ⊕ msb(x̂) and this party's DPF comparison share c.
+/// Masked DReLU bit share from p = 1 ⊕ msb(x̂) and this party's DPF comparison share c.
 #[inline]
-fn drelu_xor_combine(party: PartyId, key: &DreluXorKey, p: u64, c: u8) -> u8 {
+fn drelu_bit_combine(party: PartyId, key: &DreluBitKey, p: u64, c: u8) -> u8 {
     let public = if party == PartyId::P0 { p as u8 } else { 0 };
-    public ^ key.msb_share as u8 ^ c
+    public ^ key.masked_msb_share as u8 ^ c
 }
 
-/// [`drelu_xor_eval`] for many (key, x̂) pairs in parallel (rayon, lockstep AES).
+/// Party `party`'s additive share in Z_2^64 of DReLU(x) from the opened bit
+/// `e = e_0 ⊕ e_1` of [`drelu_bit_eval`]: `[b = 0]·e + (1 − 2e)·m_b`.
+pub fn drelu_bit_finish(party: PartyId, key: &DreluBitKey, opened: u8) -> u64 {
+    let e = (opened & 1) as u64;
+    let public = if party == PartyId::P0 { e } else { 0 };
+    public.wrapping_add(1u64.wrapping_sub(2 * e).wrapping_mul(key.out_mask_share))
+}
+
+/// [`drelu_bit_eval`] for many (key, x̂) pairs in parallel (rayon, lockstep AES).
 ///
 /// # Panics
 /// If `keys` and `x_hats` have different lengths.
-pub fn drelu_xor_eval_batch(party: PartyId, keys: &[DreluXorKey], x_hats: &[u64]) -> Vec<u8> {
+pub fn drelu_bit_eval_batch(party: PartyId, keys: &[DreluBitKey], x_hats: &[u64]) -> Vec<u8> {
     batch_gate(
         keys,
         x_hats,
-        DreluXorKey::n_bits,
+        DreluBitKey::n_bits,
         |k| k.cmp.as_ref(),
         |refs, lows, out: &mut [u8]| dpf_lt_many(party, refs, lows, out),
         |k, low| dpf_lt(party, k, low),
-        |key, _, p, c| drelu_xor_combine(party, key, p, c),
+        |key, _, p, c| drelu_bit_combine(party, key, p, c),
     )
 }
 
-impl DreluXorKey {
+impl DreluBitKey {
     /// Width n of the signed input.
     pub fn n_bits(&self) -> u32 {
         self.n_bits
     }
 
-    /// Length of [`DreluXorKey::to_bytes`].
+    /// Length of [`DreluBitKey::to_bytes`].
     pub fn encoded_len(&self) -> usize {
-        3 + self.cmp.as_ref().map_or(0, DpfKey::encoded_len)
+        3 + 8 + self.cmp.as_ref().map_or(0, DpfKey::encoded_len)
     }
 
-    /// Serializes: tag, n, msb share byte (0/1), then the DPF key when n ≥ 2.
+    /// Serializes: tag, n, masked msb share byte (0/1), m share (8 bytes LE), then the DPF
+    /// key when n ≥ 2.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
-        out.push(DRELU_XOR_TAG);
+        out.push(DRELU_BIT_TAG);
         out.push(self.n_bits as u8);
-        out.push(self.msb_share as u8);
+        out.push(self.masked_msb_share as u8);
+        out.extend_from_slice(&self.out_mask_share.to_le_bytes());
         if let Some(k) = &self.cmp {
             k.write_to(&mut out);
         }
         out
     }
 
-    /// Parses [`DreluXorKey::to_bytes`] output; structural corruption gives an error.
+    /// Parses [`DreluBitKey::to_bytes`] output; structural corruption gives an error.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FssError> {
-        const WHAT: &str = "DReLU XOR key";
+        const WHAT: &str = "DReLU bit key";
         let mut r = ByteReader::new(bytes);
-        r.tag(DRELU_XOR_TAG, WHAT)?;
+        r.tag(DRELU_BIT_TAG, WHAT)?;
         let n_bits = check_width_param(r.byte(WHAT)? as u32, "DReLU width")?;
-        let msb_share = match r.byte(WHAT)? {
+        let masked_msb_share = match r.byte(WHAT)? {
             0 => false,
             1 => true,
             _ => return Err(FssError::NonZeroPadding { what: WHAT }),
         };
+        let out_mask_share = r.u64(WHAT)?;
         let cmp = if n_bits >= 2 {
             let k = DpfKey::read_from(&mut r)?;
             check_inner(k.n_bits(), n_bits - 1, "DReLU comparison width")?;
@@ -365,9 +395,10 @@ impl DreluXorKey {
             None
         };
         r.finish(WHAT)?;
-        Ok(DreluXorKey {
+        Ok(DreluBitKey {
             n_bits,
-            msb_share,
+            masked_msb_share,
+            out_mask_share,
             cmp,
         })
     }

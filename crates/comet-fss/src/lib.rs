@@ -4,7 +4,8 @@
 //! * [`dcf`]: BCG+21 distributed comparison function with a payload in (Z_2^ℓ)^W.
 //! * [`dpf`]: 1-bit DPF with early termination (128-bit leaves), full-domain evaluation and
 //!   SIGMA's DPF-based comparison `1{x < α}`.
-//! * [`gates`]: masked-input gates: DReLU (arithmetic or XOR output), one-round ReLU,
+//! * [`gates`]: masked-input gates: DReLU (DCF, arithmetic output; or DPF, masked bit),
+//!   one-round ReLU,
 //!   public-threshold comparison and the SIGMA DPF lookup table.
 //!
 //! Key generation takes randomness from [`comet_core::Prg`] and returns both parties' keys;
@@ -24,8 +25,9 @@ pub use dcf::{dcf_eval, dcf_eval_batch, dcf_eval_vec, dcf_gen, dcf_gen_vec, DcfK
 pub use dpf::{dpf_eval_all, dpf_eval_bit, dpf_gen, dpf_lt, dpf_lt_batch, DpfKey};
 pub use error::FssError;
 pub use gates::{
-    cmp_ge_eval, drelu_eval, drelu_eval_batch, drelu_gen, drelu_xor_eval, drelu_xor_eval_batch,
-    drelu_xor_gen, lut_eval, lut_eval_batch, lut_finish, lut_gen, lut_mask_v, relu_eval,
-    relu_eval_batch, relu_gen, DreluKey, DreluXorKey, LutKey, ReluKey,
+    cmp_ge_eval, cmp_lt_eval, drelu_bit_eval, drelu_bit_eval_batch, drelu_bit_finish,
+    drelu_bit_gen, drelu_eval, drelu_eval_batch, drelu_gen, lut_eval, lut_eval_batch, lut_finish,
+    lut_gen, lut_mask_v, relu_eval, relu_eval_batch, relu_gen, DreluBitKey, DreluKey, LutKey,
+    ReluKey,
 };
 pub use prg::TreePrg;

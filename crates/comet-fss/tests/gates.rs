@@ -22,6 +22,12 @@ fn signed(v: u64, n: u32) -> i64 {
     }
 }
 
+/// Opens the masked DReLU bit and reconstructs the finished arithmetic shares.
+fn drelu_bit_pair(k: &(DreluBitKey, DreluBitKey), x_hat: u64) -> u64 {
+    let e = drelu_bit_eval(PartyId::P0, &k.0, x_hat) ^ drelu_bit_eval(PartyId::P1, &k.1, x_hat);
+    drelu_bit_finish(PartyId::P0, &k.0, e).wrapping_add(drelu_bit_finish(PartyId::P1, &k.1, e))
+}
+
 fn drelu_pair(k: &(DreluKey, DreluKey), x_hat: u64) -> u64 {
     drelu_eval(PartyId::P0, &k.0, x_hat).wrapping_add(drelu_eval(PartyId::P1, &k.1, x_hat))
 }
@@ -32,14 +38,12 @@ fn drelu_exhaustive_n1_to_8() {
     for n in 1..=8u32 {
         for r in 0..(1u64 << n) {
             let keys = drelu_gen(r, n, &mut prg);
-            let xkeys = drelu_xor_gen(r, n, &mut prg);
+            let bkeys = drelu_bit_gen(r, n, &mut prg);
             for x in 0..(1u64 << n) {
                 let x_hat = x.wrapping_add(r) & mask(n);
                 let want = (signed(x, n) >= 0) as u64;
                 assert_eq!(drelu_pair(&keys, x_hat), want, "n={n} r={r} x={x}");
-                let xb = drelu_xor_eval(PartyId::P0, &xkeys.0, x_hat)
-                    ^ drelu_xor_eval(PartyId::P1, &xkeys.1, x_hat);
-                assert_eq!(xb as u64, want, "xor n={n} r={r} x={x}");
+                assert_eq!(drelu_bit_pair(&bkeys, x_hat), want, "bit n={n} r={r} x={x}");
                 // Bits above n in the public input are ignored.
                 assert_eq!(drelu_pair(&keys, x_hat | (0xdead << n.min(40))), want);
             }
@@ -84,6 +88,9 @@ fn cmp_ge_with_public_thresholds() {
                 let s = cmp_ge_eval(PartyId::P0, &keys.0, x_hat, c as u64)
                     .wrapping_add(cmp_ge_eval(PartyId::P1, &keys.1, x_hat, c as u64));
                 assert_eq!(s, (x >= c) as u64, "x={x} c={c}");
+                let l = cmp_lt_eval(PartyId::P0, &keys.0, x_hat, c as u64)
+                    .wrapping_add(cmp_lt_eval(PartyId::P1, &keys.1, x_hat, c as u64));
+                assert_eq!(l, (x < c) as u64, "x={x} c={c}");
             }
         }
     }
@@ -150,9 +157,8 @@ proptest! {
         let keys = drelu_gen(r, n, &mut prg);
         let x_hat = (x as u64).wrapping_add(r);
         prop_assert_eq!(drelu_pair(&keys, x_hat), (x >= 0) as u64);
-        let xk = drelu_xor_gen(r, n, &mut prg);
-        let xb = drelu_xor_eval(PartyId::P0, &xk.0, x_hat) ^ drelu_xor_eval(PartyId::P1, &xk.1, x_hat);
-        prop_assert_eq!(xb as u64, (x >= 0) as u64);
+        let bk = drelu_bit_gen(r, n, &mut prg);
+        prop_assert_eq!(drelu_bit_pair(&bk, x_hat), (x >= 0) as u64);
         let (k0, k1) = relu_gen(r, n, &mut prg);
         let (_, y0) = relu_eval(PartyId::P0, &k0, x_hat);
         let (_, y1) = relu_eval(PartyId::P1, &k1, x_hat);
@@ -233,7 +239,7 @@ fn batches_with_mixed_widths_use_the_fallback_correctly() {
         let (a, b) = drelu_gen(r, n, &mut prg);
         dk.0.push(a);
         dk.1.push(b);
-        let (a, b) = drelu_xor_gen(r, n, &mut prg);
+        let (a, b) = drelu_bit_gen(r, n, &mut prg);
         xk.0.push(a);
         xk.1.push(b);
         let (a, b) = relu_gen(r, n, &mut prg);
@@ -244,19 +250,30 @@ fn batches_with_mixed_widths_use_the_fallback_correctly() {
     }
     let d0 = drelu_eval_batch(PartyId::P0, &dk.0, &xh);
     let d1 = drelu_eval_batch(PartyId::P1, &dk.1, &xh);
-    let x0 = drelu_xor_eval_batch(PartyId::P0, &xk.0, &xh);
-    let x1 = drelu_xor_eval_batch(PartyId::P1, &xk.1, &xh);
+    let x0 = drelu_bit_eval_batch(PartyId::P0, &xk.0, &xh);
+    let x1 = drelu_bit_eval_batch(PartyId::P1, &xk.1, &xh);
     let r0 = relu_eval_batch(PartyId::P0, &rk.0, &xh);
     let r1 = relu_eval_batch(PartyId::P1, &rk.1, &xh);
+    let (mut masked_differs, mut masked_equal) = (false, false);
     for i in 0..xh.len() {
         let pos = want[i] >= 0;
         assert_eq!(d0[i].wrapping_add(d1[i]), pos as u64, "i={i}");
-        assert_eq!((x0[i] ^ x1[i]) as u64, pos as u64, "i={i}");
-        assert_eq!(x0[i], drelu_xor_eval(PartyId::P0, &xk.0[i], xh[i]));
+        let e = x0[i] ^ x1[i];
+        let d = drelu_bit_finish(PartyId::P0, &xk.0[i], e).wrapping_add(drelu_bit_finish(
+            PartyId::P1,
+            &xk.1[i],
+            e,
+        ));
+        assert_eq!(d, pos as u64, "i={i}");
+        assert_eq!(x0[i], drelu_bit_eval(PartyId::P0, &xk.0[i], xh[i]));
+        masked_differs |= e as u64 != pos as u64;
+        masked_equal |= e as u64 == pos as u64;
         assert_eq!(
             r0[i].1.wrapping_add(r1[i].1),
             want[i].max(0) as u64,
             "i={i}"
         );
     }
+    // The opened bit is masked: it must sometimes differ from DReLU(x) and sometimes not.
+    assert!(masked_differs && masked_equal);
 }

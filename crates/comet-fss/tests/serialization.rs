@@ -22,8 +22,8 @@ fn all_keys() -> Vec<(&'static str, Vec<u8>)> {
         out.push(("dpf", k1.to_bytes()));
         let (k0, _) = drelu_gen(prg.next_u64(), n, &mut prg);
         out.push(("drelu", k0.to_bytes()));
-        let (k0, _) = drelu_xor_gen(prg.next_u64(), n, &mut prg);
-        out.push(("drelu_xor", k0.to_bytes()));
+        let (k0, _) = drelu_bit_gen(prg.next_u64(), n, &mut prg);
+        out.push(("drelu_bit", k0.to_bytes()));
         let (k0, _) = relu_gen(prg.next_u64(), n, &mut prg);
         out.push(("relu", k0.to_bytes()));
         if n <= 12 {
@@ -53,8 +53,8 @@ fn decode(kind: &str, bytes: &[u8]) -> Result<(Vec<u8>, usize), FssError> {
             let k = DreluKey::from_bytes(bytes)?;
             (k.to_bytes(), k.encoded_len())
         }
-        "drelu_xor" => {
-            let k = DreluXorKey::from_bytes(bytes)?;
+        "drelu_bit" => {
+            let k = DreluBitKey::from_bytes(bytes)?;
             (k.to_bytes(), k.encoded_len())
         }
         "relu" => {
@@ -208,7 +208,7 @@ proptest! {
         if let Some(first) = bytes.first_mut() {
             *first = [0xC1, 0xC2, 0xD0, 0xE1, 0xE2, 0xE3, 0xE4, 0x00][tag];
         }
-        for kind in ["dcf", "dcf2", "dpf", "drelu", "drelu_xor", "relu", "lut"] {
+        for kind in ["dcf", "dcf2", "dpf", "drelu", "drelu_bit", "relu", "lut"] {
             let _ = decode(kind, &bytes);
         }
     }

@@ -27,7 +27,7 @@ fn report_key_sizes() {
         let dcf64 = dcf_gen(a, 1, n, 64, &mut prg).0.encoded_len();
         let dcf2 = dcf_gen_vec(a, [1, 2], n, 64, &mut prg).0.encoded_len();
         let drelu = drelu_gen(a, n, &mut prg).0.encoded_len();
-        let dx = drelu_xor_gen(a, n, &mut prg).0.encoded_len();
+        let dx = drelu_bit_gen(a, n, &mut prg).0.encoded_len();
         let relu = relu_gen(a, n, &mut prg).0.encoded_len();
         println!("{n} | {dpf} | {dcf1} | {dcf8} | {dcf64} | {dcf2} | {drelu} | {dx} | {relu}");
     }
