@@ -339,7 +339,7 @@ pub(crate) fn dcf_eval_many<const W: usize>(
 
 /// Evaluates `keys[i]` at `xs[i]` for every i in parallel (rayon tasks of 256 keys, AES
 /// pipelined over 8 keys in lockstep); the i-th output is party `party`'s share of
-/// β_i·1{xs[i] < α_i}.
+/// `β_i·1{xs[i] < α_i}`.
 ///
 /// # Panics
 /// If `keys` and `xs` have different lengths.

@@ -15,6 +15,16 @@
 //! `p ⊕ w = p + (1 − 2p)·w`. The dealer knows q, so it puts the factor (1 − 2q) into the DCF
 //! payload (β = 1 − 2q) and hands out additive shares of q; everything else is linear in
 //! public values, so shares of DReLU in Z_2^64 need no interaction beyond opening x̂.
+//!
+//! | gate | key bytes/party (n = 64) | AES per eval | after x̂ is open |
+//! |---|---|---|---|
+//! | [`DreluKey`] (DCF, ℓ = 64) | 1557 | 2n − 1 | nothing: additive share of DReLU |
+//! | [`DreluBitKey`] (SIGMA DPF) | 948 | n − 8 | open 1 bit, then [`drelu_bit_finish`] |
+//! | [`ReluKey`] (DCF, 2 × 64-bit payload) | 2085 | 2n − 1 | nothing: shares of DReLU and ReLU |
+//! | [`LutKey`] (m-bit index; m = 8) | 76 | 2^(m−6) − 2 | open v̂ (64 bit), then [`lut_finish`] |
+//!
+//! Public thresholds reuse a key: the comparison with c is the gate at x̂ − c
+//! ([`cmp_ge_eval`], [`cmp_lt_eval`]).
 
 use crate::codec::{mask64, ByteReader};
 use crate::dcf::{dcf_eval, dcf_eval_many, dcf_eval_vec, dcf_gen, dcf_gen_vec, DcfKey, TASK};
@@ -567,12 +577,12 @@ impl ReluKey {
 /// ```
 ///
 /// For i ≠ r both parties hold the same bit, so the terms cancel; at i = r exactly one holds
-/// a 1. Hence u = u_0 + u_1 = s ∈ {+1, −1} (s = +1 iff P0 holds the 1) and v = s·T[x̂ − r]
-/// = s·T[x], i.e. **T[x] = u·v**. Opening u in the clear would leak t_0(r), so the sign is
+/// a 1. Hence u = u_0 + u_1 = s ∈ {+1, −1} (s = +1 iff P0 holds the 1) and v = `s·T[x̂ − r]`
+/// = `s·T[x]`, i.e. **`T[x] = u·v`**. Opening u in the clear would leak t_0(r), so the sign is
 /// fixed with dealer material instead of SIGMA's masked u + Select: the key also holds
 /// additive shares of s, of a random ρ and of s·ρ. The parties open v̂ = v + ρ (one round,
 /// 64 bits each, see [`lut_mask_v`]) and output `s_b·v̂ − (sρ)_b`, whose sum is
-/// s·v = s²·T[x] = T[x] ([`lut_finish`]).
+/// `s·v = s²·T[x] = T[x]` ([`lut_finish`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LutKey {
     m_bits: u32,
@@ -610,7 +620,7 @@ pub fn lut_gen(r: u64, m_bits: u32, prg: &mut Prg) -> (LutKey, LutKey) {
 }
 
 /// Party `party`'s (v_b, u_b) for the public masked index x̂ (reduced mod 2^m); see
-/// [`LutKey`]: (v_0 + v_1)·(u_0 + u_1) = T[x]. Constant-time in the DPF bits.
+/// [`LutKey`]: (v_0 + v_1)·(u_0 + u_1) = T\[x\]. Constant-time in the DPF bits.
 ///
 /// # Panics
 /// If `table.len() != 2^m`.
@@ -649,7 +659,7 @@ pub fn lut_mask_v(key: &LutKey, v_share: u64) -> u64 {
     v_share.wrapping_add(key.mask_share)
 }
 
-/// A party's additive share of T[x] from the opened v̂: `s_b·v̂ − (sρ)_b`.
+/// A party's additive share of `T[x]` from the opened v̂: `s_b·v̂ − (sρ)_b`.
 pub fn lut_finish(key: &LutKey, v_hat: u64) -> u64 {
     key.sign_share
         .wrapping_mul(v_hat)
