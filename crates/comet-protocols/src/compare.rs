@@ -34,7 +34,7 @@ use crate::{Party, ProtocolError};
 use comet_core::ring::mask_bits;
 use comet_core::PartyId;
 use comet_dealer::kinds::compare::{DreluKeys, ReluKeys, SelectMasks, SignParams};
-use comet_fss::{dcf_eval, dcf_eval_vec};
+use comet_fss::{dcf_eval_batch, dcf_eval_vec};
 use rayon::prelude::*;
 
 /// Elements per rayon task in the local FSS evaluations.
@@ -115,15 +115,22 @@ impl DreluBatch {
         let bits = self.keys.bits;
         let low_mask = mask_bits(bits - 1);
         let full_mask = mask_bits(bits);
-        let k = &self.keys;
-        (0..x_hat.len())
-            .into_par_iter()
-            .with_min_len(PAR_MIN)
-            .map(|i| {
-                let xh = x_hat[i].wrapping_sub(c) & full_mask;
+        let shifted: Vec<u64> = x_hat
+            .iter()
+            .map(|v| v.wrapping_sub(c) & full_mask)
+            .collect();
+        let lows: Vec<u64> = shifted.iter().map(|v| v & low_mask).collect();
+        // Lockstep (AES-pipelined) batch evaluation of the comparison DCFs.
+        let cmp = dcf_eval_batch(party, &self.keys.cmp, &lows);
+        let is_p0 = party == PartyId::P0;
+        shifted
+            .iter()
+            .zip(cmp)
+            .zip(&self.keys.msb)
+            .map(|((xh, c), q)| {
                 let p = 1 ^ (xh >> (bits - 1));
-                let g = k.msb[i].wrapping_add(dcf_eval(party, &k.cmp[i], xh & low_mask));
-                let public = if party == PartyId::P0 { p } else { 0 };
+                let g = q.wrapping_add(c);
+                let public = if is_p0 { p } else { 0 };
                 public.wrapping_add(1u64.wrapping_sub(2 * p).wrapping_mul(g))
             })
             .collect()

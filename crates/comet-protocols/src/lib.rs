@@ -12,6 +12,7 @@
 pub mod arith;
 pub mod compare;
 pub mod error;
+pub mod lut;
 pub mod party;
 pub mod testing;
 
