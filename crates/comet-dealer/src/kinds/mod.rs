@@ -4,6 +4,7 @@
 //! 60–89 nonlinear functions. Add a kind by implementing [`crate::CorrelationKind`] in a new
 //! module and adding one line to [`generate_by_tag`].
 
+pub mod attention;
 pub mod beaver;
 pub mod compare;
 pub mod lut;
@@ -22,6 +23,9 @@ pub fn generate_by_tag(tag: u8, params: &[u8], ctx: &mut GenContext) -> Result<[
         compare::SelectMasks::TAG => generate::<compare::SelectMasks>(params, ctx),
         compare::ReluKeys::TAG => generate::<compare::ReluKeys>(params, ctx),
         lut::LutKeys::TAG => generate::<lut::LutKeys>(params, ctx),
+        attention::AttnScoreMask::TAG => generate::<attention::AttnScoreMask>(params, ctx),
+        attention::AttnValueMask::TAG => generate::<attention::AttnValueMask>(params, ctx),
+        attention::ClientInputMask::TAG => generate::<attention::ClientInputMask>(params, ctx),
         other => Err(DealerError::UnknownKind(other)),
     }
 }
