@@ -410,3 +410,150 @@ impl CorrelationKind for ReluKeys {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode_request, Dealer};
+    use comet_fss::dcf_eval;
+
+    fn halves<K: CorrelationKind>(params: &K::Params) -> [Vec<u8>; 2] {
+        let mut d = Dealer::with_prg(Prg::from_seed([3; 16]));
+        let req = encode_request::<K>(params);
+        [
+            d.serve(PartyId::P0, &req).unwrap(),
+            d.serve(PartyId::P1, &req).unwrap(),
+        ]
+    }
+
+    /// Every strict prefix, a trailing byte and a corrupted key tag must be decoding errors.
+    fn assert_rejects_damage<K: CorrelationKind + std::fmt::Debug>(
+        params: &K::Params,
+        h: &[Vec<u8>; 2],
+    ) {
+        for (b, half) in h.iter().enumerate() {
+            let party = PartyId::from_index(b);
+            K::decode(party, params, half).unwrap();
+            let cuts = [0, 1, 15, 16, 17, half.len() / 2, half.len() - 1];
+            for cut in cuts.into_iter().filter(|&c| c < half.len()) {
+                assert!(
+                    K::decode(party, params, &half[..cut]).is_err(),
+                    "{} cut at {cut}",
+                    K::NAME
+                );
+            }
+            let mut longer = half.clone();
+            longer.push(0);
+            assert!(
+                K::decode(party, params, &longer).is_err(),
+                "{} with a trailing byte",
+                K::NAME
+            );
+        }
+    }
+
+    #[test]
+    fn drelu_keys_reconstruct_the_msb_identity() {
+        let params = SignParams { n: 40, bits: 13 };
+        let h = halves::<DreluKeys>(&params);
+        let k0 = DreluKeys::decode(PartyId::P0, &params, &h[0]).unwrap();
+        let k1 = DreluKeys::decode(PartyId::P1, &params, &h[1]).unwrap();
+        for i in 0..params.n {
+            let r = k0.mask[i].wrapping_add(k1.mask[i]) & mask_bits(13);
+            let q = k0.msb[i].wrapping_add(k1.msb[i]);
+            assert_eq!(q, r >> 12);
+            for x in [0u64, r & 0xfff, (r + 1) & 0xfff, 0xfff] {
+                let c = dcf_eval(PartyId::P0, &k0.cmp[i], x).wrapping_add(dcf_eval(
+                    PartyId::P1,
+                    &k1.cmp[i],
+                    x,
+                ));
+                let want = if x < (r & 0xfff) {
+                    1u64.wrapping_sub(2 * q)
+                } else {
+                    0
+                };
+                assert_eq!(c, want);
+            }
+        }
+        // P0's half is a seed plus the keys; P1's adds the msb shares.
+        assert_eq!(h[1].len() - h[0].len(), 5 + 8 * params.n);
+        assert_rejects_damage::<DreluKeys>(&params, &h);
+    }
+
+    #[test]
+    fn corrupted_keys_and_wrong_widths_are_rejected() {
+        let params = SignParams { n: 3, bits: 20 };
+        let h = halves::<DreluKeys>(&params);
+        // Layout of P0's half: seed (16), key length (4), block length (4), keys.
+        let mut bad = h[0].clone();
+        bad[24] ^= 0xff;
+        assert!(
+            DreluKeys::decode(PartyId::P0, &params, &bad).is_err(),
+            "corrupt key tag"
+        );
+        let mut bad = h[0].clone();
+        bad[16] = bad[16].wrapping_add(1);
+        assert!(
+            DreluKeys::decode(PartyId::P0, &params, &bad).is_err(),
+            "wrong key length"
+        );
+        let other = SignParams { n: 3, bits: 21 };
+        assert!(
+            DreluKeys::decode(PartyId::P0, &other, &h[0]).is_err(),
+            "keys of another width"
+        );
+        assert!(DreluKeys::decode(PartyId::P0, &SignParams { n: 3, bits: 1 }, &h[0]).is_err());
+        let mut d = Dealer::new();
+        for bits in [0u32, 1, 65] {
+            let req = encode_request::<DreluKeys>(&SignParams { n: 3, bits });
+            assert!(matches!(
+                d.serve(PartyId::P0, &req),
+                Err(DealerError::InvalidParams(_))
+            ));
+        }
+        let req = encode_request::<ReluKeys>(&SignParams { n: 0, bits: 8 });
+        assert!(matches!(
+            d.serve(PartyId::P0, &req),
+            Err(DealerError::InvalidParams(_))
+        ));
+    }
+
+    #[test]
+    fn select_masks_are_consistent() {
+        let n = 50;
+        let h = halves::<SelectMasks>(&n);
+        let m0 = SelectMasks::decode(PartyId::P0, &n, &h[0]).unwrap();
+        let m1 = SelectMasks::decode(PartyId::P1, &n, &h[1]).unwrap();
+        for i in 0..n {
+            let rho = m0.bit_mask[i] ^ m1.bit_mask[i];
+            assert!(rho <= 1);
+            assert_eq!(m0.bit_mask_arith[i].wrapping_add(m1.bit_mask_arith[i]), rho);
+            let r = m0.x_mask[i].wrapping_add(m1.x_mask[i]);
+            assert_eq!(
+                m0.product[i].wrapping_add(m1.product[i]),
+                rho.wrapping_mul(r)
+            );
+        }
+        assert_eq!(h[0].len(), 16, "P0's half is one seed");
+        assert_rejects_damage::<SelectMasks>(&n, &h);
+    }
+
+    #[test]
+    fn relu_keys_are_consistent() {
+        let params = SignParams { n: 20, bits: 64 };
+        let h = halves::<ReluKeys>(&params);
+        let k0 = ReluKeys::decode(PartyId::P0, &params, &h[0]).unwrap();
+        let k1 = ReluKeys::decode(PartyId::P1, &params, &h[1]).unwrap();
+        for i in 0..params.n {
+            let r = k0.mask[i].wrapping_add(k1.mask[i]);
+            let q = k0.msb[i].wrapping_add(k1.msb[i]);
+            assert_eq!(q, r >> 63);
+            assert_eq!(
+                k0.msb_mask[i].wrapping_add(k1.msb_mask[i]),
+                q.wrapping_mul(r)
+            );
+        }
+        assert_rejects_damage::<ReluKeys>(&params, &h);
+    }
+}

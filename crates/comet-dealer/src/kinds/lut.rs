@@ -172,3 +172,87 @@ impl CorrelationKind for LutKeys {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode_request, Dealer};
+    use comet_fss::dpf_eval_all;
+
+    #[test]
+    fn lut_keys_are_consistent_and_reject_damage() {
+        let params = LutParams {
+            n: 12,
+            m_bits: 9,
+            tables: 3,
+        };
+        let mut d = Dealer::with_prg(comet_core::Prg::from_seed([4; 16]));
+        let req = encode_request::<LutKeys>(&params);
+        let h = [
+            d.serve(PartyId::P0, &req).unwrap(),
+            d.serve(PartyId::P1, &req).unwrap(),
+        ];
+        let k0 = LutKeys::decode(PartyId::P0, &params, &h[0]).unwrap();
+        let k1 = LutKeys::decode(PartyId::P1, &params, &h[1]).unwrap();
+        for i in 0..params.n {
+            let r = (k0.mask[i].wrapping_add(k1.mask[i]) & 511) as usize;
+            let (e0, e1) = (
+                dpf_eval_all(PartyId::P0, &k0.dpf[i]),
+                dpf_eval_all(PartyId::P1, &k1.dpf[i]),
+            );
+            let s = k0.sign[i].wrapping_add(k1.sign[i]);
+            for x in 0..512 {
+                let (b0, b1) = ((e0[x / 64] >> (x % 64)) & 1, (e1[x / 64] >> (x % 64)) & 1);
+                assert_eq!(b0 ^ b1, (x == r) as u64);
+                if x == r {
+                    assert_eq!(s, b0.wrapping_sub(b1), "sign is t_0(r) − t_1(r)");
+                }
+            }
+            for j in 0..3 {
+                let rho = k0.out_mask[i * 3 + j].wrapping_add(k1.out_mask[i * 3 + j]);
+                let srho = k0.sign_out_mask[i * 3 + j].wrapping_add(k1.sign_out_mask[i * 3 + j]);
+                assert_eq!(srho, s.wrapping_mul(rho));
+            }
+        }
+        for (b, half) in h.iter().enumerate() {
+            let party = PartyId::from_index(b);
+            for cut in [0, 8, 16, 20, half.len() / 2, half.len() - 1] {
+                assert!(
+                    LutKeys::decode(party, &params, &half[..cut]).is_err(),
+                    "cut at {cut}"
+                );
+            }
+            let mut bad = half.clone();
+            bad.push(1);
+            assert!(LutKeys::decode(party, &params, &bad).is_err());
+        }
+        let other = LutParams {
+            m_bits: 10,
+            ..params
+        };
+        assert!(
+            LutKeys::decode(PartyId::P0, &other, &h[0]).is_err(),
+            "keys of another width"
+        );
+        for bad in [
+            LutParams {
+                m_bits: 0,
+                ..params
+            },
+            LutParams {
+                m_bits: 21,
+                ..params
+            },
+            LutParams {
+                tables: 0,
+                ..params
+            },
+        ] {
+            let req = encode_request::<LutKeys>(&bad);
+            assert!(matches!(
+                d.serve(PartyId::P0, &req),
+                Err(DealerError::InvalidParams(_))
+            ));
+        }
+    }
+}
