@@ -171,6 +171,9 @@ fn main() {
         rows.push(measure(&format!("relu bits={bits}"), n, |p| {
             compare::relu(p, &xs[p.id.index()], bits)
         }));
+        rows.push(measure(&format!("relu_compact bits={bits}"), n, |p| {
+            compare::relu_compact(p, &xs[p.id.index()], bits)
+        }));
         rows.push(measure("drelu bits=64", n, |p| {
             compare::drelu(p, &xs[p.id.index()], 64)
         }));
@@ -198,6 +201,20 @@ fn main() {
             &format!("max_rows {r}x{c} bits={bits}"),
             r * c,
             |p| compare::max_rows(p, &xs[p.id.index()], r, c, bits),
+        ));
+        rows.push(measure(
+            &format!("max_rows compact {r}x{c} bits={bits}"),
+            r * c,
+            |p| {
+                compare::max_rows_with(
+                    p,
+                    &xs[p.id.index()],
+                    r,
+                    c,
+                    bits,
+                    compare::ReluGate::CompactKey,
+                )
+            },
         ));
     }
     println!(

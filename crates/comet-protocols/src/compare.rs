@@ -13,7 +13,9 @@
 //! | [`select`]`(p, b, x)` | b·x for a secret bit b | 1 | 8 + 1/8 | 3 words ([`SelectMasks`]) |
 //! | [`relu`]`(p, x, bits)` | max(x, 0) | 1 | 8 | DCF on bits−1, 2-word payload ([`ReluKeys`]) |
 //! | [`relu_with_drelu`] | (max(x, 0), 1{x ≥ 0}) | 1 | 8 | same |
+//! | [`relu_compact`] / [`relu_compact_with_drelu`] | as above | 2 | 8 + 1/8 | 1-bit DPF on bits−1 + 3 words ([`CompactReluKeys`]) |
 //! | [`max_rows`]`(p, x, rows, cols, bits)` | row maxima | ⌈log2 cols⌉ | 8 per pair per level | ReLU keys on bits+1 |
+//! | [`max_rows_with`]`(…, ReluGate::CompactKey)` | row maxima | 2⌈log2 cols⌉ | 8.125 per pair per level | compact keys on bits+1 |
 //!
 //! For merging rounds with other openings, [`DreluBatch`] splits [`drelu`] into
 //! `fetch` (dealer), `masked_share` (the message to open) and `finish` (local FSS evaluation
@@ -33,8 +35,8 @@ use crate::error::check_len;
 use crate::{Party, ProtocolError};
 use comet_core::ring::mask_bits;
 use comet_core::PartyId;
-use comet_dealer::kinds::compare::{DreluKeys, ReluKeys, SelectMasks, SignParams};
-use comet_fss::{dcf_eval_batch, dcf_eval_vec};
+use comet_dealer::kinds::compare::{CompactReluKeys, DreluKeys, ReluKeys, SelectMasks, SignParams};
+use comet_fss::{dcf_eval_batch, dcf_eval_vec, dpf_lt_batch};
 use rayon::prelude::*;
 
 /// Elements per rayon task in the local FSS evaluations.
@@ -272,6 +274,79 @@ pub fn relu(p: &mut Party, x: &[u64], bits: u32) -> Result<Vec<u64>, ProtocolErr
     Ok(relu_with_drelu(p, x, bits)?.0)
 }
 
+/// Shares of (ReLU(x), DReLU(x)) with SIGMA's smaller key: a 1-bit DPF comparison on
+/// bits − 1 bits (≈16(bits − 6) bytes instead of a two-word DCF), at the price of a second
+/// round. Round 1 opens the 64-bit x + r; round 2 opens the masked DReLU bit (1 bit).
+pub fn relu_compact_with_drelu(
+    p: &mut Party,
+    x: &[u64],
+    bits: u32,
+) -> Result<(Vec<u64>, Vec<u64>), ProtocolError> {
+    check_sign_width("compact ReLU", bits)?;
+    let n = x.len();
+    if n == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let keys: CompactReluKeys = p.correlation(&SignParams { n, bits })?;
+    let masked: Vec<u64> = x
+        .iter()
+        .zip(&keys.mask)
+        .map(|(a, r)| a.wrapping_add(*r))
+        .collect();
+    let x_hat = open_bits(p, &masked, 64)?;
+    let party = p.id;
+    let is_p0 = p.is_p0();
+    let full_mask = mask_bits(bits);
+    let lows: Vec<u64> = x_hat.iter().map(|v| v & mask_bits(bits - 1)).collect();
+    let lt = dpf_lt_batch(party, &keys.cmp, &lows);
+    // XOR share of e = DReLU(x) ⊕ ρ = p ⊕ (q ⊕ ρ) ⊕ 1{x̂' < r'}, p = 1 ⊕ msb(x̂).
+    let e_mine: Vec<u64> = (0..n)
+        .map(|i| {
+            let pb = 1 ^ ((x_hat[i] & full_mask) >> (bits - 1));
+            (if is_p0 { pb } else { 0 }) ^ keys.masked_msb[i] ^ lt[i] as u64
+        })
+        .collect();
+    let e_theirs = p.exchange(&e_mine, 1)?;
+    let mut relu = Vec::with_capacity(n);
+    let mut drelu = Vec::with_capacity(n);
+    for i in 0..n {
+        let e = (e_mine[i] ^ e_theirs[i]) & 1;
+        let flip = 1u64.wrapping_sub(2 * e);
+        let d = (if is_p0 { e } else { 0 }).wrapping_add(flip.wrapping_mul(keys.out_mask[i]));
+        let d_r = e
+            .wrapping_mul(keys.mask[i])
+            .wrapping_add(flip.wrapping_mul(keys.out_mask_times_mask[i]));
+        relu.push(d.wrapping_mul(x_hat[i]).wrapping_sub(d_r));
+        drelu.push(d);
+    }
+    Ok((relu, drelu))
+}
+
+/// Shares of max(x, 0) with the compact two-round gate (see [`relu_compact_with_drelu`]).
+pub fn relu_compact(p: &mut Party, x: &[u64], bits: u32) -> Result<Vec<u64>, ProtocolError> {
+    Ok(relu_compact_with_drelu(p, x, bits)?.0)
+}
+
+/// Which ReLU gate a composite (such as [`max_rows_with`]) uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReluGate {
+    /// [`relu`]: one round, two-word DCF key (≈32 bytes per compared bit).
+    #[default]
+    OneRound,
+    /// [`relu_compact`]: two rounds, 1-bit DPF key (≈16 bytes per compared bit).
+    CompactKey,
+}
+
+impl ReluGate {
+    /// Runs the chosen ReLU gate.
+    pub fn run(self, p: &mut Party, x: &[u64], bits: u32) -> Result<Vec<u64>, ProtocolError> {
+        match self {
+            ReluGate::OneRound => relu(p, x, bits),
+            ReluGate::CompactKey => relu_compact(p, x, bits),
+        }
+    }
+}
+
 /// Shares of the maximum of each row of the row-major `rows × cols` matrix `x` of signed
 /// `bits`-bit values (bits ≤ 63). A pairwise tree of ⌈log2 cols⌉ levels, odd elements carried
 /// up; each level computes max(a, b) = b + ReLU(a − b) for every pair of every row in one
@@ -282,6 +357,19 @@ pub fn max_rows(
     rows: usize,
     cols: usize,
     bits: u32,
+) -> Result<Vec<u64>, ProtocolError> {
+    max_rows_with(p, x, rows, cols, bits, ReluGate::OneRound)
+}
+
+/// [`max_rows`] with a chosen ReLU gate: [`ReluGate::CompactKey`] halves the key bytes and
+/// doubles the rounds (2 per level).
+pub fn max_rows_with(
+    p: &mut Party,
+    x: &[u64],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    gate: ReluGate,
 ) -> Result<Vec<u64>, ProtocolError> {
     if cols == 0 {
         return Err(ProtocolError::Shape(
@@ -308,7 +396,7 @@ pub fn max_rows(
                 diff.push(row[2 * k].wrapping_sub(row[2 * k + 1]));
             }
         }
-        let r = relu(p, &diff, bits + 1)?;
+        let r = gate.run(p, &diff, bits + 1)?;
         let mut next = Vec::with_capacity(rows * next_width);
         for (row, rl) in cur.chunks_exact(width).zip(r.chunks_exact(pairs)) {
             for k in 0..pairs {
@@ -459,17 +547,31 @@ mod tests {
             let (r0, r1) = run_pair(&dealer(bits as u8 + 1), |p| {
                 let i = p.id.index();
                 let out = relu_with_drelu(p, &xs[i], bits)?;
-                Ok((out, p.online_meter().total()))
+                let rounds = p.online_meter().total().rounds;
+                let compact = relu_compact_with_drelu(p, &xs[i], bits)?;
+                let compact_rounds = p.online_meter().total().rounds - rounds;
+                Ok((out, rounds, compact, compact_rounds))
             });
-            let ((y0, d0), c0) = r0.unwrap();
-            let ((y1, d1), _) = r1.unwrap();
+            let ((y0, d0), c0, (cy0, cd0), compact_rounds) = r0.unwrap();
+            let ((y1, d1), _, (cy1, cd1), _) = r1.unwrap();
+            assert_eq!(compact_rounds, 2);
+            assert_eq!(
+                reconstruct(&cy0, &cy1),
+                reconstruct(&y0, &y1),
+                "compact ReLU, bits = {bits}"
+            );
+            assert_eq!(
+                reconstruct(&cd0, &cd1),
+                reconstruct(&d0, &d1),
+                "compact DReLU, bits = {bits}"
+            );
             let want: Vec<u64> = x.iter().map(|v| (*v).max(0) as u64).collect();
             assert_eq!(reconstruct(&y0, &y1), want, "bits = {bits}");
             assert_eq!(
                 reconstruct(&d0, &d1),
                 x.iter().map(|v| (*v >= 0) as u64).collect::<Vec<_>>()
             );
-            assert_eq!(c0.rounds, 1);
+            assert_eq!(c0, 1, "one-round ReLU");
         }
     }
 
@@ -484,10 +586,23 @@ mod tests {
             let (r0, r1) = run_pair(&dealer(3), |p| {
                 let i = p.id.index();
                 let m = max_rows(p, &xs[i], rows, cols, bits)?;
-                Ok((m, p.online_meter().total()))
+                let costs = p.online_meter().total();
+                let compact = max_rows_with(p, &xs[i], rows, cols, bits, ReluGate::CompactKey)?;
+                Ok((
+                    m,
+                    costs,
+                    compact,
+                    p.online_meter().total().rounds - costs.rounds,
+                ))
             });
-            let (m0, c0) = r0.unwrap();
-            let (m1, _) = r1.unwrap();
+            let (m0, c0, k0, compact_rounds) = r0.unwrap();
+            let (m1, _, k1, _) = r1.unwrap();
+            assert_eq!(
+                reconstruct(&k0, &k1),
+                reconstruct(&m0, &m1),
+                "compact {rows}×{cols}"
+            );
+            assert_eq!(compact_rounds, 2 * c0.rounds);
             let want: Vec<u64> = x
                 .chunks(cols)
                 .map(|r| *r.iter().max().unwrap() as u64)
@@ -531,9 +646,10 @@ mod tests {
             let d = InProcessDealer::new(Dealer::with_prg(Prg::from_seed(prg.next_seed())));
             let (r0, r1) = run_pair(&d, |p| {
                 let i = p.id.index();
-                Ok((drelu(p, &xs[i], bits)?, relu(p, &xs[i], bits)?))
+                Ok((drelu(p, &xs[i], bits)?, relu(p, &xs[i], bits)?, relu_compact(p, &xs[i], bits)?))
             });
             let (a, b) = (r0.unwrap(), r1.unwrap());
+            prop_assert_eq!(reconstruct(&a.2, &b.2), reconstruct(&a.1, &b.1));
             let want_d: Vec<u64> = x.iter().map(|v| (*v >= 0) as u64).collect();
             let want_r: Vec<u64> = x.iter().map(|v| (*v).max(0) as u64).collect();
             prop_assert_eq!(reconstruct(&a.0, &b.0), want_d);

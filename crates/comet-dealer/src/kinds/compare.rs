@@ -1,5 +1,5 @@
-//! Correlations of the FSS comparison gates (tags 30–32): DReLU keys, select masks and
-//! one-round ReLU keys. The protocols that consume them live in `comet_protocols::compare`.
+//! Correlations of the FSS comparison gates (tags 30–32, 34): DReLU keys, select masks,
+//! one-round ReLU keys and compact (DPF-based, two-round) ReLU keys. The protocols that consume them live in `comet_protocols::compare`.
 //!
 //! Every kind serves a batch of `n` independent elements. Input masks whose two shares may both
 //! be random come from two PRG seeds (one per server); shares of values the dealer derives
@@ -12,7 +12,7 @@ use super::{check_size, expand, get_ring, get_seed, put_seed};
 use crate::{CorrelationKind, DealerError, GenContext};
 use comet_core::ring::mask_bits;
 use comet_core::{PartyId, Prg, Seed};
-use comet_fss::{dcf_gen, dcf_gen_vec, DcfKey, DpfKey, FssError};
+use comet_fss::{dcf_gen, dcf_gen_vec, dpf_gen, DcfKey, DpfKey, FssError};
 use comet_net::codec::{Reader, Writer};
 use rayon::prelude::*;
 
@@ -411,6 +411,116 @@ impl CorrelationKind for ReluKeys {
     }
 }
 
+/// A server's half of `n` compact ReLU keys (tag 34, SIGMA style): a 1-bit DPF on `bits − 1`
+/// bits instead of a DCF, at the price of a second round. x ∈ Z_2^64 is opened as x̂ = x + r
+/// (64 bits); the DPF comparison gives XOR shares of e = DReLU(x) ⊕ ρ for a random bit ρ, e is
+/// opened (1 bit), and `DReLU = e + (1 − 2e)·ρ`, `ReLU = DReLU·x̂ − e·r − (1 − 2e)·ρr`.
+#[derive(Clone, Debug)]
+pub struct CompactReluKeys {
+    /// Width of the signed input.
+    pub bits: u32,
+    /// Additive share of the 64-bit mask r.
+    pub mask: Vec<u64>,
+    /// XOR share (0/1) of q ⊕ ρ, q = bit `bits − 1` of r.
+    pub masked_msb: Vec<u64>,
+    /// Additive Z_2^64 share of the output mask bit ρ.
+    pub out_mask: Vec<u64>,
+    /// Additive share of ρ·r.
+    pub out_mask_times_mask: Vec<u64>,
+    /// DPF keys at r mod 2^(bits−1) on `bits − 1` bits (comparison by one path walk).
+    pub cmp: Vec<DpfKey>,
+}
+
+impl CorrelationKind for CompactReluKeys {
+    type Params = SignParams;
+    const TAG: u8 = 34;
+    const NAME: &'static str = "compact ReLU keys";
+
+    fn encode_params(params: &SignParams, w: &mut Writer) {
+        encode_sign_params(params, w);
+    }
+
+    fn decode_params(r: &mut Reader) -> Result<SignParams, DealerError> {
+        decode_sign_params(r)
+    }
+
+    fn generate(params: &SignParams, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+        let SignParams { n, bits } = *params;
+        check_size("compact ReLU elements", n)?;
+        check_sign_bits(Self::NAME, bits)?;
+        let seeds = [ctx.prg.next_seed(), ctx.prg.next_seed()];
+        // P0: r0, (q ⊕ ρ)_0, ρ_0, (ρr)_0.  P1: r1, ρ (the dealer's draw of the output mask).
+        let h0 = expand(&seeds[0], 4 * n);
+        let h1 = expand(&seeds[1], n);
+        let rho_bits = ctx.prg.gen_bits(n, 1);
+        let mut masked_msb1 = Vec::with_capacity(n);
+        let mut rho1 = Vec::with_capacity(n);
+        let mut rho_r1 = Vec::with_capacity(n);
+        let mut alphas = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = h0[i].wrapping_add(h1[i]);
+            let q = (r >> (bits - 1)) & 1;
+            let rho = rho_bits[i];
+            masked_msb1.push((h0[n + i] ^ q ^ rho) & 1);
+            rho1.push(rho.wrapping_sub(h0[2 * n + i]));
+            rho_r1.push(rho.wrapping_mul(r).wrapping_sub(h0[3 * n + i]));
+            alphas.push(r & mask_bits(bits - 1));
+        }
+        let (k0, k1) = gen_key_pairs(n, ctx.prg, |i, prg| dpf_gen(alphas[i], bits - 1, prg));
+        let (mut w0, mut w1) = (Writer::new(), Writer::new());
+        put_seed(&mut w0, &seeds[0]);
+        put_keys(&mut w0, &k0);
+        put_seed(&mut w1, &seeds[1]);
+        w1.ring(&masked_msb1, 1);
+        w1.ring(&rho1, 64);
+        w1.ring(&rho_r1, 64);
+        put_keys(&mut w1, &k1);
+        Ok([w0.finish(), w1.finish()])
+    }
+
+    fn decode(party: PartyId, params: &SignParams, bytes: &[u8]) -> Result<Self, DealerError> {
+        let SignParams { n, bits } = *params;
+        check_sign_bits(Self::NAME, bits)?;
+        let mut r = Reader::new(bytes);
+        let seed = get_seed(&mut r)?;
+        let (mask, masked_msb, out_mask, out_mask_times_mask) = match party {
+            PartyId::P0 => {
+                let v = expand(&seed, 4 * n);
+                (
+                    v[..n].to_vec(),
+                    v[n..2 * n].iter().map(|b| b & 1).collect(),
+                    v[2 * n..3 * n].to_vec(),
+                    v[3 * n..].to_vec(),
+                )
+            }
+            PartyId::P1 => {
+                let mask = expand(&seed, n);
+                let masked_msb = get_ring(&mut r, n, Self::NAME)?;
+                let out_mask = get_ring(&mut r, n, Self::NAME)?;
+                (mask, masked_msb, out_mask, get_ring(&mut r, n, Self::NAME)?)
+            }
+        };
+        let cmp: Vec<DpfKey> = get_keys(&mut r, n, Self::NAME)?;
+        finish_reader(r, Self::NAME)?;
+        if let Some(k) = cmp.iter().find(|k| k.n_bits() != bits - 1) {
+            return Err(DealerError::Malformed(format!(
+                "{}: DPF key of {} bits, expected {}",
+                Self::NAME,
+                k.n_bits(),
+                bits - 1
+            )));
+        }
+        Ok(CompactReluKeys {
+            bits,
+            mask,
+            masked_msb: masked_msb.into_iter().map(|b| b & 1).collect(),
+            out_mask,
+            out_mask_times_mask,
+            cmp,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,5 +665,29 @@ mod tests {
             );
         }
         assert_rejects_damage::<ReluKeys>(&params, &h);
+    }
+
+    #[test]
+    fn compact_relu_keys_are_consistent() {
+        use comet_fss::dpf_lt;
+        let params = SignParams { n: 30, bits: 17 };
+        let h = halves::<CompactReluKeys>(&params);
+        let k0 = CompactReluKeys::decode(PartyId::P0, &params, &h[0]).unwrap();
+        let k1 = CompactReluKeys::decode(PartyId::P1, &params, &h[1]).unwrap();
+        for i in 0..params.n {
+            let r = k0.mask[i].wrapping_add(k1.mask[i]);
+            let rho = k0.out_mask[i].wrapping_add(k1.out_mask[i]);
+            assert!(rho <= 1);
+            assert_eq!(k0.masked_msb[i] ^ k1.masked_msb[i], ((r >> 16) & 1) ^ rho);
+            assert_eq!(
+                k0.out_mask_times_mask[i].wrapping_add(k1.out_mask_times_mask[i]),
+                rho.wrapping_mul(r)
+            );
+            for x in [0u64, r & 0xffff, (r + 1) & 0xffff, 0xffff] {
+                let lt = dpf_lt(PartyId::P0, &k0.cmp[i], x) ^ dpf_lt(PartyId::P1, &k1.cmp[i], x);
+                assert_eq!(lt as u64, (x < (r & 0xffff)) as u64);
+            }
+        }
+        assert_rejects_damage::<CompactReluKeys>(&params, &h);
     }
 }

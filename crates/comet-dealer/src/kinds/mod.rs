@@ -22,6 +22,7 @@ pub fn generate_by_tag(tag: u8, params: &[u8], ctx: &mut GenContext) -> Result<[
         compare::DreluKeys::TAG => generate::<compare::DreluKeys>(params, ctx),
         compare::SelectMasks::TAG => generate::<compare::SelectMasks>(params, ctx),
         compare::ReluKeys::TAG => generate::<compare::ReluKeys>(params, ctx),
+        compare::CompactReluKeys::TAG => generate::<compare::CompactReluKeys>(params, ctx),
         lut::LutKeys::TAG => generate::<lut::LutKeys>(params, ctx),
         attention::AttnScoreMask::TAG => generate::<attention::AttnScoreMask>(params, ctx),
         attention::AttnValueMask::TAG => generate::<attention::AttnValueMask>(params, ctx),
