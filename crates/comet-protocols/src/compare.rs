@@ -17,9 +17,9 @@
 //! | [`max_rows`]`(p, x, rows, cols, bits)` | row maxima | ⌈log2 cols⌉ | 8 per pair per level | ReLU keys on bits+1 |
 //! | [`max_rows_with`]`(…, ReluGate::CompactKey)` | row maxima | 2⌈log2 cols⌉ | 8.125 per pair per level | compact keys on bits+1 |
 //!
-//! For merging rounds with other openings, [`DreluBatch`] splits [`drelu`] into
-//! `fetch` (dealer), `masked_share` (the message to open) and `finish` (local FSS evaluation
-//! on the opened x̂ = x + r mod 2^bits).
+//! For merging rounds with other openings, [`DreluBatch`] and [`ReluBatch`] split a gate into
+//! `fetch` (dealer), `masked_share` (the message to open: x + r mod 2^bits, resp. all 64 bits
+//! for ReLU) and `finish` (local FSS evaluation on the opened x̂).
 //!
 //! **How.** With x̂ = x + r mod 2^n opened, `msb(x) = msb(x̂) ⊕ msb(r) ⊕ 1{x̂' < r'}` where the
 //! primes are the low n − 1 bits; the dealer knows q = msb(r) and puts (1 − 2q) into the DCF
@@ -226,6 +226,79 @@ pub fn select(p: &mut Party, bit: &[u64], x: &[u64]) -> Result<Vec<u64>, Protoco
         .collect())
 }
 
+/// A batch of one-round ReLU gates whose keys are fetched but whose input is not yet opened
+/// (lets a caller merge the 64-bit opening of x + r with its own messages).
+#[derive(Debug)]
+pub struct ReluBatch {
+    keys: ReluKeys,
+}
+
+impl ReluBatch {
+    /// Fetches keys for `n` inputs whose sign is read from their low `bits` bits (2..=64).
+    pub fn fetch(p: &mut Party, n: usize, bits: u32) -> Result<Self, ProtocolError> {
+        check_sign_width("ReLU", bits)?;
+        let keys = if n == 0 {
+            ReluKeys {
+                bits,
+                mask: Vec::new(),
+                msb: Vec::new(),
+                msb_mask: Vec::new(),
+                cmp: Vec::new(),
+            }
+        } else {
+            p.correlation::<ReluKeys>(&SignParams { n, bits })?
+        };
+        Ok(Self { keys })
+    }
+
+    /// Number of gates in the batch.
+    pub fn len(&self) -> usize {
+        self.keys.mask.len()
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.keys.mask.is_empty()
+    }
+
+    /// This server's share of x̂ = x + r (all 64 bits), to be opened with 64 bits.
+    pub fn masked_share(&self, x: &[u64]) -> Result<Vec<u64>, ProtocolError> {
+        check_len("ReLU input", x.len(), self.len())?;
+        Ok(x.iter()
+            .zip(&self.keys.mask)
+            .map(|(a, r)| a.wrapping_add(*r))
+            .collect())
+    }
+
+    /// Local evaluation on the opened x̂: this server's shares of (ReLU(x), DReLU(x)).
+    pub fn finish(&self, p: &Party, x_hat: &[u64]) -> Result<(Vec<u64>, Vec<u64>), ProtocolError> {
+        check_len("opened ReLU input", x_hat.len(), self.len())?;
+        let keys = &self.keys;
+        let bits = keys.bits;
+        let party = p.id;
+        let low_mask = mask_bits(bits - 1);
+        let full_mask = mask_bits(bits);
+        let pairs: Vec<(u64, u64)> = (0..x_hat.len())
+            .into_par_iter()
+            .with_min_len(PAR_MIN)
+            .map(|i| {
+                let xh = x_hat[i];
+                let xn = xh & full_mask;
+                let pb = 1 ^ (xn >> (bits - 1));
+                let [c1, c2] = dcf_eval_vec(party, &keys.cmp[i], xn & low_mask);
+                let flip = 1u64.wrapping_sub(2 * pb);
+                let public = if party == PartyId::P0 { pb } else { 0 };
+                let d = public.wrapping_add(flip.wrapping_mul(keys.msb[i].wrapping_add(c1)));
+                let d_r = pb
+                    .wrapping_mul(keys.mask[i])
+                    .wrapping_add(flip.wrapping_mul(keys.msb_mask[i].wrapping_add(c2)));
+                (d.wrapping_mul(xh).wrapping_sub(d_r), d)
+            })
+            .collect();
+        Ok(pairs.into_iter().unzip())
+    }
+}
+
 /// Shares of (ReLU(x), DReLU(x)) = (max(x, 0), 1{x ≥ 0}) for x ∈ Z_2^64 whose sign is read
 /// from its low `bits` bits (x must be a signed `bits`-bit value). One round: opens the
 /// 64-bit x + r (8 bytes per element), then one two-word DCF evaluation on bits − 1 bits.
@@ -234,39 +307,12 @@ pub fn relu_with_drelu(
     x: &[u64],
     bits: u32,
 ) -> Result<(Vec<u64>, Vec<u64>), ProtocolError> {
-    check_sign_width("ReLU", bits)?;
-    let n = x.len();
-    if n == 0 {
+    let batch = ReluBatch::fetch(p, x.len(), bits)?;
+    if batch.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let keys: ReluKeys = p.correlation(&SignParams { n, bits })?;
-    let masked: Vec<u64> = x
-        .iter()
-        .zip(&keys.mask)
-        .map(|(a, r)| a.wrapping_add(*r))
-        .collect();
-    let x_hat = open_bits(p, &masked, 64)?;
-    let party = p.id;
-    let low_mask = mask_bits(bits - 1);
-    let full_mask = mask_bits(bits);
-    let pairs: Vec<(u64, u64)> = (0..n)
-        .into_par_iter()
-        .with_min_len(PAR_MIN)
-        .map(|i| {
-            let xh = x_hat[i];
-            let xn = xh & full_mask;
-            let pb = 1 ^ (xn >> (bits - 1));
-            let [c1, c2] = dcf_eval_vec(party, &keys.cmp[i], xn & low_mask);
-            let flip = 1u64.wrapping_sub(2 * pb);
-            let public = if party == PartyId::P0 { pb } else { 0 };
-            let d = public.wrapping_add(flip.wrapping_mul(keys.msb[i].wrapping_add(c1)));
-            let d_r = pb
-                .wrapping_mul(keys.mask[i])
-                .wrapping_add(flip.wrapping_mul(keys.msb_mask[i].wrapping_add(c2)));
-            (d.wrapping_mul(xh).wrapping_sub(d_r), d)
-        })
-        .collect();
-    Ok(pairs.into_iter().unzip())
+    let x_hat = open_bits(p, &batch.masked_share(x)?, 64)?;
+    batch.finish(p, &x_hat)
 }
 
 /// Shares of max(x, 0) for signed `bits`-bit x; one round (see [`relu_with_drelu`]).

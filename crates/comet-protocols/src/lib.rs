@@ -7,6 +7,8 @@
 //!
 //! * [`arith`]: opening, local linear operations, element-wise products, products with fixed
 //!   weight masks.
+//! * [`compare`]: DReLU, sign, comparison, select, ReLU and row maxima from FSS gates.
+//! * [`lut`]: secret-index lookup tables (1-bit DPF, SIGMA style).
 //! * [`testing`]: runs both servers in one process for tests and benchmarks.
 
 pub mod arith;
