@@ -30,7 +30,7 @@ pub fn pack_ring(values: &[u64], bits: u32) -> Vec<u8> {
         for (chunk, v) in out.chunks_exact_mut(w).zip(values) {
             chunk.copy_from_slice(&v.to_le_bytes()[..w]);
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             let top = (1u8 << (bits % 8)) - 1;
             for chunk in out.chunks_exact_mut(w) {
                 chunk[w - 1] &= top;
@@ -51,7 +51,9 @@ pub fn unpack_ring(bytes: &[u8], n: usize, bits: u32) -> Result<Vec<u64>, NetErr
         )));
     }
     if bits == 1 {
-        return Ok((0..n).map(|i| ((bytes[i / 8] >> (i % 8)) & 1) as u64).collect());
+        return Ok((0..n)
+            .map(|i| ((bytes[i / 8] >> (i % 8)) & 1) as u64)
+            .collect());
     }
     let w = bytes_per_element(bits);
     Ok(bytes
@@ -137,11 +139,15 @@ impl<'a> Reader<'a> {
     }
     /// Reads a u32.
     pub fn u32(&mut self) -> Result<u32, NetError> {
-        Ok(u32::from_le_bytes(self.take(4, "u32")?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, "u32")?.try_into().expect("4 bytes"),
+        ))
     }
     /// Reads a u64.
     pub fn u64(&mut self) -> Result<u64, NetError> {
-        Ok(u64::from_le_bytes(self.take(8, "u64")?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, "u64")?.try_into().expect("8 bytes"),
+        ))
     }
     /// Reads length-prefixed raw bytes.
     pub fn bytes(&mut self) -> Result<&'a [u8], NetError> {
@@ -163,7 +169,10 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(NetError::Malformed(format!("{} trailing bytes", self.buf.len())))
+            Err(NetError::Malformed(format!(
+                "{} trailing bytes",
+                self.buf.len()
+            )))
         }
     }
 }
@@ -196,7 +205,10 @@ mod tests {
         r.finish().unwrap();
         for cut in 0..bytes.len() {
             let mut r = Reader::new(&bytes[..cut]);
-            let res = r.u64().and_then(|_| r.ring()).and_then(|_| r.bytes().map(|_| ()));
+            let res = r
+                .u64()
+                .and_then(|_| r.ring())
+                .and_then(|_| r.bytes().map(|_| ()));
             assert!(res.is_err(), "cut at {cut} must fail");
         }
         assert!(unpack_ring(&[0u8; 3], 2, 12).is_err());

@@ -27,6 +27,13 @@ pub enum NetError {
     /// Could not connect to the peer.
     #[error("could not connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// A listener waited for a peer that never connected.
+    #[error("no peer ({expected}) connected to {addr} within {waited:?}")]
+    AcceptTimeout {
+        addr: String,
+        expected: String,
+        waited: Duration,
+    },
     /// Another I/O error.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -29,7 +29,10 @@ pub fn encode_into(payload: &[u8], out: &mut Vec<u8>) {
 /// Parses a frame header, checking the version and the announced length.
 pub fn parse_header(header: &[u8; HEADER_LEN], max: usize) -> Result<usize, NetError> {
     if header[0] != PROTOCOL_VERSION {
-        return Err(NetError::Version { got: header[0], expected: PROTOCOL_VERSION });
+        return Err(NetError::Version {
+            got: header[0],
+            expected: PROTOCOL_VERSION,
+        });
     }
     let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if len > max {
@@ -70,8 +73,14 @@ mod tests {
         assert!(matches!(decode(&f[..3]), Err(NetError::Malformed(_))));
         let mut bad = f.clone();
         bad[0] = 9;
-        assert!(matches!(decode(&bad), Err(NetError::Version { got: 9, .. })));
+        assert!(matches!(
+            decode(&bad),
+            Err(NetError::Version { got: 9, .. })
+        ));
         let header: [u8; HEADER_LEN] = [PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(parse_header(&header, 100), Err(NetError::TooLarge { .. })));
+        assert!(matches!(
+            parse_header(&header, 100),
+            Err(NetError::TooLarge { .. })
+        ));
     }
 }

@@ -10,10 +10,16 @@ pub mod error;
 pub mod frame;
 pub mod memory;
 pub mod meter;
+pub mod shaping;
+pub mod tcp;
+pub mod tls;
 
 pub use error::NetError;
-pub use memory::memory_pair;
+pub use memory::{memory_pair, memory_pair_shaped, MemoryChannel};
 pub use meter::{CostMeter, Costs, ScopeGuard};
+pub use shaping::{LinkShaper, NetProfile, ParseProfileError};
+pub use tcp::{connect, listen, Listener, TcpChannel, TcpOptions};
+pub use tls::{generate_keys, Deployment, TlsIdentity, DEFAULT_ROLES};
 
 use std::time::Duration;
 

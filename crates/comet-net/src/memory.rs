@@ -1,27 +1,38 @@
 //! In-memory transport: two endpoints in one process, exchanging the same frames a TCP link
 //! would carry.
+//!
+//! Shaping ([`NetProfile`]): each flushed chunk is stamped by the sender's [`LinkShaper`] with
+//! the instant it may be read, and the receiver sleeps until then. The sender never waits.
 
+use crate::shaping::{sleep_until, LinkShaper, NetProfile};
 use crate::{frame, Channel, CostMeter, NetError, DEFAULT_TIMEOUT};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A flushed chunk of frames and the instant the receiver may read it.
+type Chunk = (Instant, Vec<u8>);
 
 /// One endpoint of an in-memory link.
 pub struct MemoryChannel {
-    tx: Sender<Vec<u8>>,
-    rx: Receiver<Vec<u8>>,
+    tx: Sender<Chunk>,
+    rx: Receiver<Chunk>,
     pending: Vec<u8>,
     inbox: Vec<u8>,
     timeout: Duration,
+    shaper: LinkShaper,
     meter: CostMeter,
 }
 
 impl std::fmt::Debug for MemoryChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryChannel").field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("MemoryChannel")
+            .field("timeout", &self.timeout)
+            .field("profile", &self.shaper.profile())
+            .finish_non_exhaustive()
     }
 }
 
-/// Creates a connected pair of in-memory endpoints with the default timeout.
+/// Creates a connected pair of in-memory endpoints with the default timeout and no shaping.
 pub fn memory_pair() -> (MemoryChannel, MemoryChannel) {
     let (tx_a, rx_b) = mpsc::channel();
     let (tx_b, rx_a) = mpsc::channel();
@@ -31,9 +42,17 @@ pub fn memory_pair() -> (MemoryChannel, MemoryChannel) {
         pending: Vec::new(),
         inbox: Vec::new(),
         timeout: DEFAULT_TIMEOUT,
+        shaper: LinkShaper::new(NetProfile::none()),
         meter: CostMeter::new(),
     };
     (make(tx_a, rx_a), make(tx_b, rx_b))
+}
+
+/// Creates a connected pair of in-memory endpoints whose two directions are each shaped by
+/// `profile` (bandwidth and latency per direction, as on a full-duplex link).
+pub fn memory_pair_shaped(profile: NetProfile) -> (MemoryChannel, MemoryChannel) {
+    let (a, b) = memory_pair();
+    (a.with_profile(profile), b.with_profile(profile))
 }
 
 impl MemoryChannel {
@@ -43,14 +62,30 @@ impl MemoryChannel {
         self
     }
 
+    /// Shapes what this endpoint sends (the peer's direction is shaped by the peer's own
+    /// profile); see [`memory_pair_shaped`] for both at once.
+    pub fn with_profile(mut self, profile: NetProfile) -> Self {
+        self.shaper = LinkShaper::new(profile);
+        self
+    }
+
+    /// The profile applied to what this endpoint sends.
+    pub fn profile(&self) -> NetProfile {
+        self.shaper.profile()
+    }
+
     /// Sends raw bytes that bypass framing (for fault-injection tests).
     pub fn send_raw_for_test(&mut self, bytes: Vec<u8>) -> Result<(), NetError> {
-        self.tx.send(bytes).map_err(|_| NetError::Closed(String::new()))
+        let at = self.shaper.schedule(bytes.len());
+        self.tx
+            .send((at, bytes))
+            .map_err(|_| NetError::Closed(String::new()))
     }
 
     fn pull(&mut self) -> Result<(), NetError> {
         match self.rx.recv_timeout(self.timeout) {
-            Ok(chunk) => {
+            Ok((deliver_at, chunk)) => {
+                sleep_until(deliver_at);
                 self.inbox.extend_from_slice(&chunk);
                 Ok(())
             }
@@ -82,15 +117,19 @@ impl Channel for MemoryChannel {
             return Ok(());
         }
         let chunk = std::mem::take(&mut self.pending);
-        self.tx.send(chunk).map_err(|_| NetError::Closed(String::new()))
+        let at = self.shaper.schedule(chunk.len());
+        self.tx
+            .send((at, chunk))
+            .map_err(|_| NetError::Closed(String::new()))
     }
 
     fn recv(&mut self) -> Result<Vec<u8>, NetError> {
         while self.inbox.len() < frame::HEADER_LEN {
             self.pull()?;
         }
-        let header: [u8; frame::HEADER_LEN] =
-            self.inbox[..frame::HEADER_LEN].try_into().expect("length checked");
+        let header: [u8; frame::HEADER_LEN] = self.inbox[..frame::HEADER_LEN]
+            .try_into()
+            .expect("length checked");
         let len = frame::parse_header(&header, frame::MAX_FRAME)?;
         while self.inbox.len() < frame::HEADER_LEN + len {
             self.pull()?;
@@ -132,7 +171,10 @@ mod tests {
         let (mut a, b) = memory_pair();
         drop(b);
         assert!(matches!(a.recv(), Err(NetError::Closed(_))));
-        assert!(matches!(a.send(b"x").and_then(|_| a.flush()), Err(NetError::Closed(_))));
+        assert!(matches!(
+            a.send(b"x").and_then(|_| a.flush()),
+            Err(NetError::Closed(_))
+        ));
     }
 
     #[test]
@@ -145,7 +187,8 @@ mod tests {
     #[test]
     fn truncated_and_wrong_version_frames_are_errors() {
         let (mut a, mut b) = memory_pair();
-        b.send_raw_for_test(vec![frame::PROTOCOL_VERSION, 10, 0, 0, 0, 1, 2]).unwrap();
+        b.send_raw_for_test(vec![frame::PROTOCOL_VERSION, 10, 0, 0, 0, 1, 2])
+            .unwrap();
         drop(b);
         assert!(matches!(a.recv(), Err(NetError::Malformed(_))));
         let (mut a, mut b) = memory_pair();

@@ -91,7 +91,9 @@ impl CostMeter {
     /// Opens a nested label; costs go to it until the guard is dropped.
     pub fn scope(&self, label: impl Into<String>) -> ScopeGuard {
         self.lock().labels.push(label.into());
-        ScopeGuard { meter: self.clone() }
+        ScopeGuard {
+            meter: self.clone(),
+        }
     }
 
     /// The current full label (`a/b/c`), empty at top level.
@@ -174,7 +176,15 @@ mod tests {
         m.record_flush();
         m.record_recv(1);
         let by = m.by_label();
-        assert_eq!(by["layer.0/ffn"], Costs { bytes_sent: 10, bytes_received: 13, rounds: 1, messages: 1 });
+        assert_eq!(
+            by["layer.0/ffn"],
+            Costs {
+                bytes_sent: 10,
+                bytes_received: 13,
+                rounds: 1,
+                messages: 1
+            }
+        );
         assert_eq!(by[""].rounds, 1);
         assert_eq!(m.total().rounds, 2);
         assert_eq!(m.under("layer.0").bytes_received, 13);
