@@ -15,6 +15,7 @@ pub mod arith;
 pub mod compare;
 pub mod error;
 pub mod lut;
+pub mod nonlinear;
 pub mod party;
 pub mod testing;
 

@@ -9,6 +9,7 @@ pub mod beaver;
 pub mod compare;
 pub mod lut;
 pub mod matmul;
+pub mod nonlinear;
 
 use crate::{CorrelationKind, DealerError, GenContext};
 use comet_core::{Prg, Seed};
@@ -24,6 +25,8 @@ pub fn generate_by_tag(tag: u8, params: &[u8], ctx: &mut GenContext) -> Result<[
         compare::ReluKeys::TAG => generate::<compare::ReluKeys>(params, ctx),
         compare::CompactReluKeys::TAG => generate::<compare::CompactReluKeys>(params, ctx),
         lut::LutKeys::TAG => generate::<lut::LutKeys>(params, ctx),
+        nonlinear::GatedLutKeys::TAG => generate::<nonlinear::GatedLutKeys>(params, ctx),
+        nonlinear::MultiReluKeys::TAG => generate::<nonlinear::MultiReluKeys>(params, ctx),
         attention::AttnScoreMask::TAG => generate::<attention::AttnScoreMask>(params, ctx),
         attention::AttnValueMask::TAG => generate::<attention::AttnValueMask>(params, ctx),
         attention::ClientInputMask::TAG => generate::<attention::ClientInputMask>(params, ctx),

@@ -1,0 +1,347 @@
+//! Keys for the nonlinear functions of `comet_protocols::nonlinear` (SiLU, GeLU, exp,
+//! reciprocal, rsqrt): a *gated lookup table* and a *multi-point ReLU*.
+//!
+//! Both kinds mask each input element with a uniform `r ∈ Z_2^64` (both halves of `r` are
+//! seeds); the servers open `x̂ = x + r` once and every key below is keyed to that same `r`
+//! (each FSS key is generated with fresh randomness, so each server's view stays
+//! pseudo-random whatever `r` is).
+//!
+//! **Gated lookup table** ([`GatedLutKeys`]) evaluates `g(x)·T[j]` with
+//! `j = ((x̂ >> s) − (r >> s)) mod 2^m = ⌊(x + (r mod 2^s)) / 2^s⌋ mod 2^m` and a gate
+//! `g = Σ_t w_t·1{x ≥ c_t}` over public thresholds `c_t` and public integer weights `w_t`:
+//!
+//! * a 1-bit DPF at `α = (r >> s) mod 2^m`; with `s_dpf = ±1` the sign of the party holding
+//!   the 1 at α, the full-domain sums `v_b = (−1)^b Σ_i T[x̂' − i]·t_b(i)` give
+//!   `v_0 + v_1 = s_dpf·T[j]` (fss-notes §4);
+//! * a DCF with a two-word payload `(1 − 2q)·(s_dpf, s_dpf·ρ)` on the low `n − 1` bits of `r`
+//!   (`q = msb_n(r)`), plus shares of `V = (s_dpf, s_dpf·ρ)` and `q·V`. Evaluated at
+//!   `x̂ − c` it yields shares of `1{x ≥ c}·V` (the DReLU identity of `comet_fss::gates`);
+//! * shares of a uniform `ρ`. The servers open `v̂ = v + ρ` and output
+//!   `[g·s_dpf]·v̂ − [g·s_dpf·ρ] = g·s_dpf²·T[j] = g·T[j]`;
+//! * optionally a one-round ReLU key for the same `r` (SiLU and GeLU are ReLU minus a table).
+//!
+//! **Multi-point ReLU** ([`MultiReluKeys`]): a one-round ReLU key for `r`, evaluated at
+//! `x̂ − c` for many public `c` to get shares of `ReLU(x − c)` (spline knots).
+
+use super::{check_size, expand, get_ring, get_seed, put_seed, share_with_seed};
+use crate::{CorrelationKind, DealerError, GenContext};
+use comet_core::{ring, PartyId, Prg};
+use comet_fss::{dcf_gen_vec, dpf_eval_bit, dpf_gen, relu_gen, DcfKey, DpfKey, ReluKey};
+use comet_net::codec::{Reader, Writer};
+
+/// Largest lookup-table index width (2^m table entries are summed per element).
+pub const MAX_LUT_BITS: u32 = 20;
+
+/// Public parameters of a gated lookup table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatedLutParams {
+    /// Number of elements.
+    pub n: usize,
+    /// Signed width of the gate comparisons (inputs satisfy |x − c| < 2^(cmp_bits − 1)).
+    pub cmp_bits: u32,
+    /// Index shift `s`: the table index is taken from bits `s..s+m` of the input.
+    pub index_shift: u32,
+    /// Index width `m` (table of 2^m entries).
+    pub index_bits: u32,
+    /// Whether a one-round ReLU key for the same mask is included.
+    pub with_relu: bool,
+}
+
+impl GatedLutParams {
+    fn validate(&self) -> Result<(), DealerError> {
+        check_size("gated LUT elements", self.n)?;
+        if !(2..=64).contains(&self.cmp_bits) {
+            return Err(DealerError::InvalidParams(format!(
+                "comparison width {} outside 2..=64",
+                self.cmp_bits
+            )));
+        }
+        if !(1..=MAX_LUT_BITS).contains(&self.index_bits) || self.index_shift + self.index_bits > 64
+        {
+            return Err(DealerError::InvalidParams(format!(
+                "table index bits {}..{} (width allowed 1..={MAX_LUT_BITS}, within 64 bits)",
+                self.index_shift,
+                self.index_shift + self.index_bits
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A server's half of a gated lookup table (one entry per element).
+#[derive(Clone, Debug)]
+pub struct GatedLutKeys {
+    /// Share of the input mask `r`.
+    pub r: Vec<u64>,
+    /// Share of the opening mask `ρ` of `v`.
+    pub rho: Vec<u64>,
+    /// Shares of `V = (s_dpf, s_dpf·ρ)`, interleaved `[V0, V1]` per element.
+    pub v: Vec<[u64; 2]>,
+    /// Shares of `q·V` with `q = msb_{cmp_bits}(r)`.
+    pub qv: Vec<[u64; 2]>,
+    /// DCF keys for `1{x̂' < r'}` with payload `(1 − 2q)·V` on `cmp_bits − 1` bits.
+    pub cmp: Vec<DcfKey<2>>,
+    /// 1-bit DPF keys at `(r >> s) mod 2^m`.
+    pub dpf: Vec<DpfKey>,
+    /// One-round ReLU keys for the same `r` (when requested).
+    pub relu: Option<Vec<ReluKey>>,
+}
+
+fn put_key(w: &mut Writer, bytes: &[u8]) {
+    w.bytes(bytes);
+}
+
+fn interleave(words: &[[u64; 2]]) -> Vec<u64> {
+    words.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+fn pairs(flat: &[u64]) -> Vec<[u64; 2]> {
+    flat.chunks_exact(2).map(|c| [c[0], c[1]]).collect()
+}
+
+/// Draws `n` uniform words as the sum of two seed expansions: `(value, seed0, seed1)`.
+fn seeded_uniform(n: usize, prg: &mut Prg) -> (Vec<u64>, comet_core::Seed, comet_core::Seed) {
+    let (s0, s1) = (prg.next_seed(), prg.next_seed());
+    (ring::add(&expand(&s0, n), &expand(&s1, n)), s0, s1)
+}
+
+impl CorrelationKind for GatedLutKeys {
+    type Params = GatedLutParams;
+    const TAG: u8 = 60;
+    const NAME: &'static str = "gated lookup table";
+
+    fn encode_params(p: &GatedLutParams, w: &mut Writer) {
+        w.u32(p.n as u32)
+            .u8(p.cmp_bits as u8)
+            .u8(p.index_shift as u8)
+            .u8(p.index_bits as u8);
+        w.u8(p.with_relu as u8);
+    }
+
+    fn decode_params(r: &mut Reader) -> Result<GatedLutParams, DealerError> {
+        let n = r.u32()? as usize;
+        let cmp_bits = r.u8()? as u32;
+        let index_shift = r.u8()? as u32;
+        let index_bits = r.u8()? as u32;
+        let with_relu = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(DealerError::InvalidParams(format!("ReLU flag {other}"))),
+        };
+        let p = GatedLutParams {
+            n,
+            cmp_bits,
+            index_shift,
+            index_bits,
+            with_relu,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
+    fn generate(p: &GatedLutParams, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+        p.validate()?;
+        let n = p.n;
+        let (r, r_s0, r_s1) = seeded_uniform(n, ctx.prg);
+        let (rho, rho_s0, rho_s1) = seeded_uniform(n, ctx.prg);
+        let low_mask = ring::mask_bits(p.cmp_bits - 1);
+        let index_mask = ring::mask_bits(p.index_bits);
+        let mut v = Vec::with_capacity(n);
+        let mut qv = Vec::with_capacity(n);
+        let (mut cmp0, mut cmp1) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut dpf0, mut dpf1) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut relu0, mut relu1) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let alpha = (r[i] >> p.index_shift) & index_mask;
+            let (d0, d1) = dpf_gen(alpha, p.index_bits, ctx.prg);
+            let sign = if dpf_eval_bit(PartyId::P0, &d0, alpha) == 1 {
+                1u64
+            } else {
+                u64::MAX
+            };
+            let words = [sign, sign.wrapping_mul(rho[i])];
+            let q = (r[i] >> (p.cmp_bits - 1)) & 1;
+            let flip = 1u64.wrapping_sub(2 * q);
+            let (c0, c1) = dcf_gen_vec(
+                r[i] & low_mask,
+                [flip.wrapping_mul(words[0]), flip.wrapping_mul(words[1])],
+                p.cmp_bits - 1,
+                64,
+                ctx.prg,
+            );
+            v.push(words);
+            qv.push([q.wrapping_mul(words[0]), q.wrapping_mul(words[1])]);
+            cmp0.push(c0);
+            cmp1.push(c1);
+            dpf0.push(d0);
+            dpf1.push(d1);
+            if p.with_relu {
+                let (k0, k1) = relu_gen(r[i], p.cmp_bits, ctx.prg);
+                relu0.push(k0);
+                relu1.push(k1);
+            }
+        }
+        let (v_seed, v1) = share_with_seed(&interleave(&v), ctx.prg);
+        let (qv_seed, qv1) = share_with_seed(&interleave(&qv), ctx.prg);
+        let (mut w0, mut w1) = (Writer::new(), Writer::new());
+        put_seed(&mut w0, &r_s0);
+        put_seed(&mut w1, &r_s1);
+        put_seed(&mut w0, &rho_s0);
+        put_seed(&mut w1, &rho_s1);
+        put_seed(&mut w0, &v_seed);
+        w1.ring(&v1, 64);
+        put_seed(&mut w0, &qv_seed);
+        w1.ring(&qv1, 64);
+        for (w, cmp, dpf, relu) in [
+            (&mut w0, &cmp0, &dpf0, &relu0),
+            (&mut w1, &cmp1, &dpf1, &relu1),
+        ] {
+            for i in 0..n {
+                put_key(w, &cmp[i].to_bytes());
+                put_key(w, &dpf[i].to_bytes());
+                if p.with_relu {
+                    put_key(w, &relu[i].to_bytes());
+                }
+            }
+        }
+        Ok([w0.finish(), w1.finish()])
+    }
+
+    fn decode(party: PartyId, p: &GatedLutParams, bytes: &[u8]) -> Result<Self, DealerError> {
+        p.validate()?;
+        let n = p.n;
+        let bad = |e: &dyn std::fmt::Display| DealerError::malformed(Self::NAME, e);
+        let mut r = Reader::new(bytes);
+        let mask = expand(&get_seed(&mut r).map_err(|e| bad(&e))?, n);
+        let rho = expand(&get_seed(&mut r).map_err(|e| bad(&e))?, n);
+        let (v, qv) = match party {
+            PartyId::P0 => (
+                expand(&get_seed(&mut r).map_err(|e| bad(&e))?, 2 * n),
+                expand(&get_seed(&mut r).map_err(|e| bad(&e))?, 2 * n),
+            ),
+            PartyId::P1 => (
+                get_ring(&mut r, 2 * n, Self::NAME)?,
+                get_ring(&mut r, 2 * n, Self::NAME)?,
+            ),
+        };
+        let mut cmp = Vec::with_capacity(n);
+        let mut dpf = Vec::with_capacity(n);
+        let mut relu = Vec::new();
+        for _ in 0..n {
+            let c =
+                DcfKey::<2>::from_bytes(r.bytes().map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            let d = DpfKey::from_bytes(r.bytes().map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            if c.n_bits() != p.cmp_bits - 1 || c.out_bits() != 64 || d.n_bits() != p.index_bits {
+                return Err(DealerError::Malformed(format!(
+                    "{}: key widths do not match the request",
+                    Self::NAME
+                )));
+            }
+            cmp.push(c);
+            dpf.push(d);
+            if p.with_relu {
+                let k =
+                    ReluKey::from_bytes(r.bytes().map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+                if k.n_bits() != p.cmp_bits {
+                    return Err(DealerError::Malformed(format!(
+                        "{}: ReLU width does not match",
+                        Self::NAME
+                    )));
+                }
+                relu.push(k);
+            }
+        }
+        r.finish().map_err(|e| bad(&e))?;
+        Ok(GatedLutKeys {
+            r: mask,
+            rho,
+            v: pairs(&v),
+            qv: pairs(&qv),
+            cmp,
+            dpf,
+            relu: p.with_relu.then_some(relu),
+        })
+    }
+}
+
+/// Public parameters of a multi-point ReLU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultiReluParams {
+    /// Number of elements.
+    pub n: usize,
+    /// Signed width of the sign tests (|x − c| < 2^(bits − 1) for every evaluation point c).
+    pub bits: u32,
+}
+
+/// A server's half of a multi-point ReLU: the mask share and one ReLU key per element.
+#[derive(Clone, Debug)]
+pub struct MultiReluKeys {
+    /// Share of the input mask `r`.
+    pub r: Vec<u64>,
+    /// One-round ReLU keys for `r`.
+    pub relu: Vec<ReluKey>,
+}
+
+impl CorrelationKind for MultiReluKeys {
+    type Params = MultiReluParams;
+    const TAG: u8 = 61;
+    const NAME: &'static str = "multi-point ReLU";
+
+    fn encode_params(p: &MultiReluParams, w: &mut Writer) {
+        w.u32(p.n as u32).u8(p.bits as u8);
+    }
+
+    fn decode_params(r: &mut Reader) -> Result<MultiReluParams, DealerError> {
+        let p = MultiReluParams {
+            n: r.u32()? as usize,
+            bits: r.u8()? as u32,
+        };
+        check_size("multi-point ReLU elements", p.n)?;
+        if !(2..=64).contains(&p.bits) {
+            return Err(DealerError::InvalidParams(format!(
+                "ReLU width {} outside 2..=64",
+                p.bits
+            )));
+        }
+        Ok(p)
+    }
+
+    fn generate(p: &MultiReluParams, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+        check_size("multi-point ReLU elements", p.n)?;
+        if !(2..=64).contains(&p.bits) {
+            return Err(DealerError::InvalidParams(format!(
+                "ReLU width {} outside 2..=64",
+                p.bits
+            )));
+        }
+        let (r, s0, s1) = seeded_uniform(p.n, ctx.prg);
+        let (mut w0, mut w1) = (Writer::new(), Writer::new());
+        put_seed(&mut w0, &s0);
+        put_seed(&mut w1, &s1);
+        for &ri in &r {
+            let (k0, k1) = relu_gen(ri, p.bits, ctx.prg);
+            put_key(&mut w0, &k0.to_bytes());
+            put_key(&mut w1, &k1.to_bytes());
+        }
+        Ok([w0.finish(), w1.finish()])
+    }
+
+    fn decode(_party: PartyId, p: &MultiReluParams, bytes: &[u8]) -> Result<Self, DealerError> {
+        let bad = |e: &dyn std::fmt::Display| DealerError::malformed(Self::NAME, e);
+        let mut r = Reader::new(bytes);
+        let mask = expand(&get_seed(&mut r).map_err(|e| bad(&e))?, p.n);
+        let mut relu = Vec::with_capacity(p.n);
+        for _ in 0..p.n {
+            let k = ReluKey::from_bytes(r.bytes().map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            if k.n_bits() != p.bits {
+                return Err(DealerError::Malformed(format!(
+                    "{}: ReLU width does not match",
+                    Self::NAME
+                )));
+            }
+            relu.push(k);
+        }
+        r.finish().map_err(|e| bad(&e))?;
+        Ok(MultiReluKeys { r: mask, relu })
+    }
+}
