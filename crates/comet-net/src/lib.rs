@@ -4,6 +4,31 @@
 //! messages between exactly two endpoints. Transports (in memory, TCP with mutual TLS) put the
 //! same frames on the wire, count every byte and round in a [`CostMeter`] under scoped labels,
 //! and can shape the link (bandwidth, latency).
+//!
+//! * [`memory_pair`] / [`memory_pair_shaped`]: two endpoints in one process.
+//! * [`connect`], [`listen`] and [`Listener`]: TCP with mutual TLS 1.3 between roles of one
+//!   deployment (keys from [`generate_keys`], loaded with [`TlsIdentity::load`]).
+//! * [`NetProfile`]: `none`, `lan`, `wan`, `slow` or custom (`bw=1gbps,lat=5ms`), applied by
+//!   the sending endpoint of either transport ([`shaping`] describes the link model).
+//!
+//! ```
+//! use comet_net::{connect, Channel, ChannelExt, Deployment, Listener, NetProfile, TcpOptions};
+//!
+//! let keys = Deployment::generate(&["p0", "p1"])?; // or TlsIdentity::load(dir, "p0")
+//! let opts = TcpOptions::default().with_profile("lan".parse::<NetProfile>()?);
+//! let listener = Listener::bind("127.0.0.1:0", &keys.identity("p0")?, opts)?;
+//! let addr = listener.local_addr();
+//! let p1_id = keys.identity("p1")?;
+//! let p1 = std::thread::spawn(move || -> Result<Vec<u8>, comet_net::NetError> {
+//!     connect(addr, &p1_id, "p0", opts)?.exchange(b"from p1")
+//! });
+//! let mut p0 = listener.accept(&["p1"])?;
+//! assert_eq!(p0.peer_role(), "p1");
+//! assert_eq!(p0.exchange(b"from p0")?, b"from p1");
+//! assert_eq!(p1.join().unwrap()?, b"from p0");
+//! assert_eq!(p0.meter().total().rounds, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod codec;
 pub mod error;

@@ -194,5 +194,30 @@ mod tests {
         let (mut a, mut b) = memory_pair();
         b.send_raw_for_test(vec![42, 0, 0, 0, 0]).unwrap();
         assert!(matches!(a.recv(), Err(NetError::Version { got: 42, .. })));
+        let (mut a, mut b) = memory_pair();
+        let len = (frame::MAX_FRAME as u32 + 1).to_le_bytes();
+        b.send_raw_for_test(vec![
+            frame::PROTOCOL_VERSION,
+            len[0],
+            len[1],
+            len[2],
+            len[3],
+        ])
+        .unwrap();
+        assert!(matches!(a.recv(), Err(NetError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn shaped_data_sent_before_a_close_still_arrives_late() {
+        let profile: NetProfile = "lat=30ms".parse().unwrap();
+        let (mut a, b) = memory_pair_shaped(profile);
+        let start = Instant::now();
+        let mut b = b;
+        b.send(b"last words").unwrap();
+        b.flush().unwrap();
+        drop(b);
+        assert_eq!(a.recv().unwrap(), b"last words");
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert!(matches!(a.recv(), Err(NetError::Closed(_))));
     }
 }
