@@ -1,25 +1,277 @@
-//! Plaintext commands: generate, eval, info (owned by the model layer work; placeholder until it lands).
+//! Plaintext commands: `comet generate --plaintext`, `comet eval --plaintext`, `comet info`.
+//!
+//! They run the f32 reference forward of `comet-model`, the yardstick for the secure engine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 use clap::Args;
+use comet_model::{GgufFile, Model, Sampler, SamplingParams, Tokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Arguments of `comet generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// The prompt.
     pub prompt: String,
+    /// Run the plaintext reference forward (no secure computation).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// GGUF model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $COMET_MODEL).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Maximum number of tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Wrap the prompt in the model's chat format (ChatML).
+    #[arg(long)]
+    pub chat: bool,
+    /// Sampling temperature; 0 means greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass (used when temperature > 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the sampling PRG (default: fresh randomness).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Simulate fixed point: round linear-layer weights, inputs and outputs to multiples of 2^-F.
+    #[arg(long, value_name = "F")]
+    pub fixed_point: Option<u32>,
 }
+
 /// Arguments of `comet eval`.
 #[derive(Args, Debug)]
-pub struct EvalArgs {}
+pub struct EvalArgs {
+    /// Run the plaintext reference forward (no secure computation).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// UTF-8 text file to score.
+    #[arg(long, value_name = "FILE")]
+    pub text: PathBuf,
+    /// GGUF model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $COMET_MODEL).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Score at most this many tokens of the file.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Window length in tokens (default: the model's context length); windows do not overlap.
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Tokens per forward call inside a window (bounds the memory of the logits).
+    #[arg(long, default_value_t = 256)]
+    pub chunk: usize,
+    /// Simulate fixed point with F fractional bits (see `generate --fixed-point`).
+    #[arg(long, value_name = "F")]
+    pub fixed_point: Option<u32>,
+}
+
 /// Arguments of `comet info`.
 #[derive(Args, Debug)]
-pub struct InfoArgs {}
+pub struct InfoArgs {
+    /// GGUF model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $COMET_MODEL).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
 
-pub fn generate(_args: GenerateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+/// `comet generate`: streams the continuation of the prompt to stdout, speed to stderr.
+pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    if !args.plaintext {
+        bail!("secure generation is not available yet; use --plaintext");
+    }
+    if !(args.temperature >= 0.0) || !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--temperature must be >= 0 and --top-p in (0, 1]");
+    }
+    let (model, tokenizer) = load_with_progress(args.model.as_deref(), args.fixed_point)?;
+    let text = if args.chat { tokenizer.chat_prompt(&args.prompt) } else { args.prompt.clone() };
+    let prompt = tokenizer.encode(&text).context("tokenizing the prompt")?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        let s = comet_core::prg::os_seed();
+        u64::from_le_bytes(s[..8].try_into().unwrap_or([0; 8]))
+    });
+    let mut sampler = Sampler::new(SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed,
+    });
+    let stops = tokenizer.stop_token_ids();
+    let mut streamer = tokenizer.streamer();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !args.chat {
+        write!(out, "{}", args.prompt)?;
+        out.flush()?;
+    }
+    let (_, stats) = comet_model::generate(
+        &model,
+        &prompt,
+        args.max_tokens,
+        &mut sampler,
+        &stops,
+        |id| {
+            if !stops.contains(&id) {
+                let piece = streamer.push(id)?;
+                // A closed pipe (e.g. `| head`) must not turn into a model error; stop writing.
+                let _ = write!(out, "{piece}").and_then(|_| out.flush());
+            }
+            Ok(())
+        },
+    )?;
+    writeln!(out)?;
+    eprintln!(
+        "[prefill: {} tokens in {:.3} s = {:.1} tok/s; decode: {} tokens in {:.3} s = {:.1} tok/s{}]",
+        stats.prompt_tokens,
+        stats.prefill_time.as_secs_f64(),
+        stats.prefill_tokens_per_second(),
+        stats.generated_tokens.saturating_sub(1),
+        stats.decode_time.as_secs_f64(),
+        stats.decode_tokens_per_second(),
+        if stats.stopped_at_stop_token { "; stopped at end-of-text" } else { "" },
+    );
+    Ok(())
 }
-pub fn eval(_args: EvalArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+/// `comet eval`: mean negative log-likelihood, perplexity and speed over a text file.
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    if !args.plaintext {
+        bail!("secure evaluation is not available yet; use --plaintext");
+    }
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("reading {}", args.text.display()))?;
+    let (model, tokenizer) = load_with_progress(args.model.as_deref(), args.fixed_point)?;
+    let mut tokens = tokenizer.encode(&text).context("tokenizing the text")?;
+    let context = model.config().context_length;
+    let window = args.window.unwrap_or(context).min(context);
+    if window < 2 {
+        bail!("--window must be at least 2 tokens");
+    }
+    if args.chunk == 0 {
+        bail!("--chunk must be at least 1");
+    }
+    if let Some(limit) = args.max_tokens {
+        // Scoring `limit` tokens needs one extra token of context per window; keep it simple.
+        tokens.truncate(limit.saturating_add(tokens.len().div_ceil(window)).min(tokens.len()));
+    }
+    if tokens.len() < 2 {
+        bail!("the text has fewer than 2 tokens; nothing to score");
+    }
+    let windows: Vec<&[u32]> = tokens.chunks(window).filter(|w| w.len() >= 2).collect();
+    let to_score: usize = windows.iter().map(|w| w.len() - 1).sum();
+    let bar = ProgressBar::new(to_score as u64);
+    bar.set_style(
+        ProgressStyle::with_template("scoring {bar:40} {pos}/{len} tokens ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut nll_sum = 0.0f64;
+    let mut scored = 0usize;
+    let vocab = model.config().vocab_size;
+    for w in windows {
+        let mut cache = model.new_cache();
+        for (c, chunk) in w.chunks(args.chunk).enumerate() {
+            let logits = model.forward_all(chunk, &mut cache)?;
+            let base = c * args.chunk;
+            for (r, row) in logits.chunks_exact(vocab).enumerate() {
+                let Some(&target) = w.get(base + r + 1) else { continue };
+                nll_sum += negative_log_likelihood(row, target);
+                scored += 1;
+            }
+            bar.set_position(scored as u64);
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    let mean = nll_sum / scored as f64;
+    println!("model:        {}", model_path(args.model.as_deref()).display());
+    println!("text:         {} ({} tokens, window {window})", args.text.display(), tokens.len());
+    println!("scored:       {scored} tokens");
+    println!("mean NLL:     {mean:.4} nats/token");
+    println!("perplexity:   {:.3}", mean.exp());
+    println!(
+        "speed:        {:.1} tokens/s ({:.2} s)",
+        scored as f64 / elapsed.as_secs_f64().max(1e-9),
+        elapsed.as_secs_f64()
+    );
+    Ok(())
 }
-pub fn info(_args: InfoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+/// `comet info`: configuration, tokenizer summary and tensor table of a model file.
+pub fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let path = model_path(args.model.as_deref());
+    let gguf = GgufFile::open(&path)?;
+    let config = comet_model::LlamaConfig::from_gguf(&gguf)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    println!("model file:       {}", path.display());
+    if let Ok(Some(name)) = gguf.get_str_opt("general.name") {
+        println!("name:             {name}");
+    }
+    println!("architecture:     llama");
+    println!("layers:           {}", config.n_layers);
+    println!("d_model:          {}", config.d_model);
+    println!("heads:            {} (KV heads {}, head dim {})", config.n_heads, config.n_kv_heads, config.head_dim);
+    println!("ffn dim:          {}", config.ffn_dim);
+    println!("vocab:            {}", config.vocab_size);
+    println!("context length:   {}", config.context_length);
+    println!("rope base:        {}", config.rope_base);
+    println!("rms norm eps:     {:e}", config.norm_eps);
+    println!("lm head:          {}", if config.tied_lm_head { "tied to token embedding" } else { "output.weight" });
+    println!("parameters:       {}", config.n_params());
+    let name_of = |id: Option<u32>| {
+        id.map(|i| format!("{i} {:?}", tokenizer.token_text(i).unwrap_or_default()))
+            .unwrap_or_else(|| "none".into())
+    };
+    println!("bos / eos:        {} / {}", name_of(tokenizer.bos_token_id()), name_of(tokenizer.eos_token_id()));
+    println!("special tokens:   {}", tokenizer.special_token_ids().len());
+    println!(
+        "chat template:    {}",
+        match (tokenizer.chat_template(), tokenizer.default_system_prompt()) {
+            (None, _) => "none".to_string(),
+            (Some(_), None) => "ChatML-style, no default system prompt".to_string(),
+            (Some(_), Some(sys)) => format!("ChatML-style, default system prompt {sys:?}"),
+        }
+    );
+    let tensors = gguf.tensors();
+    println!("\ntensors ({}):", tensors.len());
+    println!("  {:<32} {:>6} {:>16}", "name", "type", "shape");
+    for t in tensors {
+        let shape = t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+        println!("  {:<32} {:>6} {:>16}", t.name, t.dtype, shape);
+    }
+    Ok(())
+}
+
+fn model_path(explicit: Option<&Path>) -> PathBuf {
+    explicit.map(Path::to_path_buf).unwrap_or_else(comet_model::default_model_path)
+}
+
+/// Loads model and tokenizer with a spinner (loading takes about a second).
+fn load_with_progress(explicit: Option<&Path>, fixed_point: Option<u32>) -> anyhow::Result<(Model, Tokenizer)> {
+    let path = model_path(explicit);
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!("loading {}", path.display()));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let started = Instant::now();
+    let loaded = comet_model::load(&path);
+    spinner.finish_and_clear();
+    let (mut model, tokenizer) = loaded?;
+    if let Some(f) = fixed_point {
+        if f > 30 {
+            bail!("--fixed-point must be at most 30 fractional bits");
+        }
+        model = model.with_fixed_point(f);
+    }
+    tracing::info!(elapsed = ?started.elapsed(), path = %path.display(), "model loaded");
+    Ok((model, tokenizer))
+}
+
+/// −log softmax(logits)[target], computed stably in f64.
+fn negative_log_likelihood(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    log_sum - logits[target as usize] as f64
 }

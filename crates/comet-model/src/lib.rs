@@ -1,1 +1,77 @@
-//! comet-model: GGUF loading, tokenizer, plaintext reference forward.
+//! comet-model: GGUF loading, the tokenizer, and the plaintext f32 reference forward of
+//! llama-family models. Every secure result of comet is checked against this crate.
+//!
+//! Quick tour: [`load`] opens a GGUF file and returns a [`Model`] and its [`Tokenizer`];
+//! [`Model::forward`] runs tokens after a [`KvCache`]; [`generate()`] drives prefill + decode.
+
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod generate;
+pub mod gguf;
+pub mod linalg;
+pub mod sampling;
+pub mod testing;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use config::LlamaConfig;
+pub use error::{ModelError, Result};
+pub use forward::{FfnActivations, ForwardOptions, KvCache, LogitsMode, Model};
+pub use generate::{generate, GenerationStats};
+pub use gguf::GgufFile;
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::{TextStreamer, Tokenizer};
+pub use weights::{LayerWeights, LlamaWeights, Matrix};
+
+/// File name of the default model (SmolLM2-135M-Instruct, Q4_1), installed by `scripts/setup`.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Environment variable that overrides the default model path.
+pub const MODEL_ENV_VAR: &str = "COMET_MODEL";
+
+/// Opens a GGUF file once and loads both the model and its tokenizer.
+pub fn load(path: impl AsRef<Path>) -> Result<(Model, Tokenizer)> {
+    let gguf = GgufFile::open(path)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let model = Model::from_gguf(&gguf)?;
+    Ok((model, tokenizer))
+}
+
+/// The repository root this crate was built from (two levels above its manifest).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.ancestors().nth(2).unwrap_or(manifest).to_path_buf()
+}
+
+/// Where the default model is looked for, in order: `$COMET_MODEL`, `./models/<file>`,
+/// `<repo root>/models/<file>`.
+pub fn default_model_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os(MODEL_ENV_VAR).filter(|p| !p.is_empty()) {
+        out.push(PathBuf::from(p));
+    }
+    out.push(Path::new("models").join(DEFAULT_MODEL_FILE));
+    out.push(repo_root().join("models").join(DEFAULT_MODEL_FILE));
+    out
+}
+
+/// The first existing default-model candidate, if any.
+pub fn find_default_model() -> Option<PathBuf> {
+    default_model_candidates().into_iter().find(|p| p.is_file())
+}
+
+/// The default model path: the first existing candidate, else `$COMET_MODEL` when set, else
+/// the repo-root location (so that "not found" errors name where `scripts/setup` installs it).
+pub fn default_model_path() -> PathBuf {
+    find_default_model().unwrap_or_else(|| {
+        let candidates = default_model_candidates();
+        if std::env::var_os(MODEL_ENV_VAR).filter(|p| !p.is_empty()).is_some() {
+            candidates[0].clone()
+        } else {
+            repo_root().join("models").join(DEFAULT_MODEL_FILE)
+        }
+    })
+}

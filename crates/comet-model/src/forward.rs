@@ -1,0 +1,413 @@
+//! Plaintext f32 reference forward of a llama model with a KV cache.
+//!
+//! Per block: RMSNorm → Q/K/V → interleaved RoPE (pairs (2i, 2i+1), as GGUF llama weights
+//! expect) → causal GQA attention over the cache → Wo → residual → RMSNorm → SiLU(gate)·up →
+//! down → residual. Then the final RMSNorm and the LM head. Every secure result is compared
+//! with this forward.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::linalg::{self, matmul_nt};
+use crate::weights::{LlamaWeights, Matrix};
+
+/// Which positions the LM head is applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogitsMode {
+    /// Only the last token of the call (generation).
+    #[default]
+    Last,
+    /// Every token of the call (scoring, teacher forcing).
+    All,
+}
+
+/// The feed-forward activations of one block, handed to [`ForwardOptions::ffn_hook`].
+#[derive(Debug)]
+pub struct FfnActivations<'a> {
+    /// Block index.
+    pub layer: usize,
+    /// Tokens in this call (rows of the matrices below).
+    pub tokens: usize,
+    /// Pre-activation gate values `gate·x`, `[tokens, ffn_dim]`.
+    pub gate: &'a [f32],
+    /// Hidden values `SiLU(gate·x) ⊙ (up·x)`, `[tokens, ffn_dim]`, the input of `w_down`.
+    pub hidden: &'a [f32],
+}
+
+/// Per-call options of [`Model::forward_with`].
+#[derive(Default)]
+pub struct ForwardOptions<'a> {
+    /// Positions that get logits.
+    pub logits: LogitsMode,
+    /// Called once per block with its feed-forward activations (sparsity statistics).
+    pub ffn_hook: Option<&'a mut dyn FnMut(&FfnActivations<'_>)>,
+}
+
+/// Keys and values of all processed tokens, per block and KV head.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// `layers[l].keys[h]` holds `len * head_dim` values: the RoPE-rotated keys, token after token.
+    layers: Vec<LayerCache>,
+    len: usize,
+    head_dim: usize,
+}
+
+#[derive(Debug, Clone)]
+struct LayerCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    /// An empty cache shaped for `config`.
+    pub fn new(config: &LlamaConfig) -> Self {
+        let layer = LayerCache {
+            keys: vec![Vec::new(); config.n_kv_heads],
+            values: vec![Vec::new(); config.n_kv_heads],
+        };
+        Self { layers: vec![layer; config.n_layers], len: 0, head_dim: config.head_dim }
+    }
+
+    /// Number of tokens whose keys and values are cached (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token has been processed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops all cached tokens from position `len` on (no-op if the cache is shorter).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for layer in &mut self.layers {
+            for h in layer.keys.iter_mut().chain(layer.values.iter_mut()) {
+                h.truncate(len * self.head_dim);
+            }
+        }
+        self.len = len;
+    }
+
+    /// Empties the cache.
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Cached keys of block `layer`, KV head `head`: `[len, head_dim]` row-major.
+    pub fn keys(&self, layer: usize, head: usize) -> &[f32] {
+        &self.layers[layer].keys[head]
+    }
+
+    /// Cached values of block `layer`, KV head `head`: `[len, head_dim]` row-major.
+    pub fn values(&self, layer: usize, head: usize) -> &[f32] {
+        &self.layers[layer].values[head]
+    }
+}
+
+/// A llama model ready to run: configuration, f32 weights, and the optional fixed-point simulation.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: LlamaConfig,
+    weights: LlamaWeights,
+    fixed_point: Option<u32>,
+}
+
+impl Model {
+    /// Builds a model from its parts; checks that the weights have the configured shapes.
+    pub fn new(config: LlamaConfig, weights: LlamaWeights) -> Result<Self> {
+        check_shapes(&config, &weights)?;
+        Ok(Self { config, weights, fixed_point: None })
+    }
+
+    /// Opens a GGUF file and loads the configuration and all weights.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let gguf = GgufFile::open(path)?;
+        Self::from_gguf(&gguf)
+    }
+
+    /// Loads configuration and weights from an opened GGUF file.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(gguf)?;
+        let weights = LlamaWeights::from_gguf(gguf, &config)?;
+        Self::new(config, weights)
+    }
+
+    /// Turns on the fixed-point simulation: linear-layer weights, inputs and outputs are rounded
+    /// to multiples of 2^-`frac_bits` (isolates quantization error from protocol error).
+    pub fn with_fixed_point(mut self, frac_bits: u32) -> Self {
+        self.weights.round_linear_weights(frac_bits);
+        self.fixed_point = Some(frac_bits);
+        self
+    }
+
+    /// The fractional bits of the fixed-point simulation, if on.
+    pub fn fixed_point(&self) -> Option<u32> {
+        self.fixed_point
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The model's weights.
+    pub fn weights(&self) -> &LlamaWeights {
+        &self.weights
+    }
+
+    /// A fresh KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.config)
+    }
+
+    /// Runs `tokens` after the tokens already in `cache` and returns the logits of the last
+    /// token (`vocab_size` values). A prompt is one call; each decode step is one more.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.forward_with(tokens, cache, ForwardOptions::default())
+    }
+
+    /// Like [`Model::forward`] but returns logits for every token, `[tokens.len(), vocab_size]`.
+    pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.forward_with(tokens, cache, ForwardOptions { logits: LogitsMode::All, ffn_hook: None })
+    }
+
+    /// The forward with explicit options; returns `[rows, vocab_size]` logits where rows is 1
+    /// for [`LogitsMode::Last`] and `tokens.len()` for [`LogitsMode::All`].
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        mut options: ForwardOptions<'_>,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let t = tokens.len();
+        if t == 0 {
+            return Err(ModelError::InvalidInput("forward needs at least one token".into()));
+        }
+        if let Some(bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab_size
+            )));
+        }
+        if cache.layers.len() != c.n_layers
+            || cache.head_dim != c.head_dim
+            || cache.layers.first().map(|l| l.keys.len()) != Some(c.n_kv_heads)
+        {
+            return Err(ModelError::InvalidInput("the KV cache belongs to another model".into()));
+        }
+        let start = cache.len;
+        if start + t > c.context_length {
+            return Err(ModelError::InvalidInput(format!(
+                "{} cached + {t} new tokens exceed the context length {}",
+                start, c.context_length
+            )));
+        }
+        let d = c.d_model;
+        let mut x = vec![0.0f32; t * d];
+        for (row, &id) in x.chunks_exact_mut(d).zip(tokens) {
+            row.copy_from_slice(self.weights.token_embedding.row(id as usize));
+        }
+        let rope = RopeTable::new(c, start, t);
+        let mut normed = vec![0.0f32; t * d];
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            linalg::rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut normed);
+            let mut q = self.linear(&normed, t, &layer.wq);
+            let mut k = self.linear(&normed, t, &layer.wk);
+            let v = self.linear(&normed, t, &layer.wv);
+            rope.apply(&mut q, c.n_heads, c.head_dim);
+            rope.apply(&mut k, c.n_kv_heads, c.head_dim);
+            let lc = &mut cache.layers[l];
+            for h in 0..c.n_kv_heads {
+                for r in 0..t {
+                    let src = r * c.kv_dim() + h * c.head_dim;
+                    lc.keys[h].extend_from_slice(&k[src..src + c.head_dim]);
+                    lc.values[h].extend_from_slice(&v[src..src + c.head_dim]);
+                }
+            }
+            let attn = attention(c, &q, t, start, lc);
+            let o = self.linear(&attn, t, &layer.wo);
+            add_in_place(&mut x, &o);
+
+            linalg::rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut normed);
+            let gate = self.linear(&normed, t, &layer.w_gate);
+            let up = self.linear(&normed, t, &layer.w_up);
+            let hidden: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| linalg::silu(*g) * u).collect();
+            if let Some(hook) = options.ffn_hook.as_mut() {
+                hook(&FfnActivations { layer: l, tokens: t, gate: &gate, hidden: &hidden });
+            }
+            let down = self.linear(&hidden, t, &layer.w_down);
+            add_in_place(&mut x, &down);
+        }
+        cache.len = start + t;
+        let rows = match options.logits {
+            LogitsMode::Last => 1,
+            LogitsMode::All => t,
+        };
+        let last = &x[(t - rows) * d..];
+        let mut final_normed = vec![0.0f32; rows * d];
+        linalg::rms_norm(last, &self.weights.output_norm, c.norm_eps, &mut final_normed);
+        Ok(self.linear(&final_normed, rows, self.weights.lm_head()))
+    }
+
+    /// `rows` inputs through linear layer `w` (`y = W x`), with fixed-point rounding of the
+    /// input and the output when the simulation is on.
+    fn linear(&self, input: &[f32], rows: usize, w: &Matrix) -> Vec<f32> {
+        let mut out = vec![0.0f32; rows * w.rows];
+        match self.fixed_point {
+            None => matmul_nt(input, &w.data, rows, w.cols, w.rows, &mut out),
+            Some(f) => {
+                let mut rounded = input.to_vec();
+                linalg::round_to_fixed_point(&mut rounded, f);
+                matmul_nt(&rounded, &w.data, rows, w.cols, w.rows, &mut out);
+                linalg::round_to_fixed_point(&mut out, f);
+            }
+        }
+        out
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Causal GQA attention of `t` new query rows (positions `start..start+t`) over the cache.
+/// Returns `[t, n_heads*head_dim]`.
+fn attention(c: &LlamaConfig, q: &[f32], t: usize, start: usize, lc: &LayerCache) -> Vec<f32> {
+    let hd = c.head_dim;
+    let q_dim = c.q_dim();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = c.group_size();
+    let per_head: Vec<Vec<f32>> = (0..c.n_heads)
+        .into_par_iter()
+        .map(|h| {
+            let keys = &lc.keys[h / group];
+            let values = &lc.values[h / group];
+            let mut out = vec![0.0f32; t * hd];
+            let mut scores = Vec::with_capacity(start + t);
+            for r in 0..t {
+                let qr = &q[r * q_dim + h * hd..r * q_dim + (h + 1) * hd];
+                let visible = start + r + 1;
+                scores.clear();
+                scores.extend(
+                    keys[..visible * hd].chunks_exact(hd).map(|kr| linalg::dot(qr, kr) * scale),
+                );
+                linalg::softmax(&mut scores);
+                let o = &mut out[r * hd..(r + 1) * hd];
+                for (p, vr) in scores.iter().zip(values.chunks_exact(hd)) {
+                    linalg::axpy(o, *p, vr);
+                }
+            }
+            out
+        })
+        .collect();
+    let mut out = vec![0.0f32; t * q_dim];
+    for (h, head) in per_head.iter().enumerate() {
+        for r in 0..t {
+            out[r * q_dim + h * hd..r * q_dim + (h + 1) * hd]
+                .copy_from_slice(&head[r * hd..(r + 1) * hd]);
+        }
+    }
+    out
+}
+
+/// cos/sin of the rotary embedding for a run of positions: `[t, head_dim/2]` each.
+struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl RopeTable {
+    fn new(c: &LlamaConfig, start: usize, t: usize) -> Self {
+        let half = c.head_dim / 2;
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for pos in start..start + t {
+            for i in 0..half {
+                let freq = c.rope_base.powf(-((2 * i) as f64) / c.head_dim as f64);
+                let angle = pos as f64 * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Self { cos, sin, half }
+    }
+
+    /// Rotates pairs (2i, 2i+1) of every head of every row of `x` (`[t, heads*head_dim]`).
+    fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize) {
+        let width = heads * head_dim;
+        for (r, row) in x.chunks_exact_mut(width).enumerate() {
+            let cos = &self.cos[r * self.half..(r + 1) * self.half];
+            let sin = &self.sin[r * self.half..(r + 1) * self.half];
+            for head in row.chunks_exact_mut(head_dim) {
+                for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                    let (a, b) = (pair[0], pair[1]);
+                    pair[0] = a * cos[i] - b * sin[i];
+                    pair[1] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+    }
+}
+
+/// Checks that every weight has the shape `config` implies.
+fn check_shapes(c: &LlamaConfig, w: &LlamaWeights) -> Result<()> {
+    let expect_m = |name: &str, m: &Matrix, rows: usize, cols: usize| {
+        if m.rows != rows || m.cols != cols || m.data.len() != rows * cols {
+            Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                found: vec![m.rows, m.cols],
+            })
+        } else {
+            Ok(())
+        }
+    };
+    let expect_v = |name: &str, v: &[f32], len: usize| {
+        if v.len() != len {
+            Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected: vec![len],
+                found: vec![v.len()],
+            })
+        } else {
+            Ok(())
+        }
+    };
+    let d = c.d_model;
+    expect_m("token_embd.weight", &w.token_embedding, c.vocab_size, d)?;
+    expect_v("output_norm.weight", &w.output_norm, d)?;
+    if let Some(head) = &w.lm_head {
+        expect_m("output.weight", head, c.vocab_size, d)?;
+    }
+    if w.layers.len() != c.n_layers {
+        return Err(ModelError::InvalidInput(format!(
+            "{} layers of weights for a {}-layer configuration",
+            w.layers.len(),
+            c.n_layers
+        )));
+    }
+    for (l, layer) in w.layers.iter().enumerate() {
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        expect_v(&n("attn_norm"), &layer.attn_norm, d)?;
+        expect_m(&n("attn_q"), &layer.wq, c.q_dim(), d)?;
+        expect_m(&n("attn_k"), &layer.wk, c.kv_dim(), d)?;
+        expect_m(&n("attn_v"), &layer.wv, c.kv_dim(), d)?;
+        expect_m(&n("attn_output"), &layer.wo, d, c.q_dim())?;
+        expect_v(&n("ffn_norm"), &layer.ffn_norm, d)?;
+        expect_m(&n("ffn_gate"), &layer.w_gate, c.ffn_dim, d)?;
+        expect_m(&n("ffn_up"), &layer.w_up, c.ffn_dim, d)?;
+        expect_m(&n("ffn_down"), &layer.w_down, d, c.ffn_dim)?;
+    }
+    Ok(())
+}
