@@ -1,7 +1,8 @@
 //! Measures the FSS gates of `compare` and `lut` in one process (two threads over memory
 //! channels, in-process dealer): online bytes and rounds per party, offline (dealer) bytes per
 //! party, total wall time with a live dealer, and online wall time (a second run replays the
-//! recorded dealer halves, so it covers key decoding plus the protocol, not key generation).
+//! recorded dealer halves, so it covers key decoding plus the protocol, not key generation;
+//! fastest of 5 replays).
 //!
 //! Run: `cargo run -p comet-protocols --release --example gate_costs`
 
@@ -12,6 +13,9 @@ use comet_protocols::testing::share_for_test;
 use comet_protocols::{compare, lut, Party, ProtocolError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// Replays per gate; the online time is the minimum.
+const REPLAYS: usize = 5;
 
 /// Costs of one gate run, seen by P0 (online) and by both parties (offline).
 struct Row {
@@ -75,7 +79,7 @@ fn run_with<R: Send>(
 }
 
 /// Runs `op` once with a live dealer (total time, offline bytes) and once replaying the same
-/// halves (online time: key decoding plus the protocol).
+/// halves [`REPLAYS`] times (online time, the minimum: key decoding plus the protocol).
 fn measure<R: Send>(
     name: &str,
     n: usize,
@@ -99,16 +103,21 @@ fn measure<R: Send>(
     let t = Instant::now();
     let [(on0, off0), (_, off1)] = run_with(sources, &costs);
     let total_ms = t.elapsed().as_secs_f64() * 1e3;
-    let replays: [Box<dyn CorrelationSource>; 2] = [0, 1].map(|b| {
-        let halves = std::mem::take(&mut *recorded[b].lock().expect("recorder"));
-        Box::new(Replay {
-            halves: halves.into_iter(),
-            meter: CostMeter::new(),
-        }) as Box<dyn CorrelationSource>
-    });
-    let t = Instant::now();
-    run_with(replays, &|p: &mut Party| op(p).map(drop));
-    let online_ms = t.elapsed().as_secs_f64() * 1e3;
+    let halves: [Vec<Vec<u8>>; 2] =
+        [0, 1].map(|b| std::mem::take(&mut *recorded[b].lock().expect("recorder")));
+    // The machine is shared: report the fastest of a few replays.
+    let mut online_ms = f64::INFINITY;
+    for _ in 0..REPLAYS {
+        let replays: [Box<dyn CorrelationSource>; 2] = [0, 1].map(|b| {
+            Box::new(Replay {
+                halves: halves[b].clone().into_iter(),
+                meter: CostMeter::new(),
+            }) as Box<dyn CorrelationSource>
+        });
+        let t = Instant::now();
+        run_with(replays, &|p: &mut Party| op(p).map(drop));
+        online_ms = online_ms.min(t.elapsed().as_secs_f64() * 1e3);
+    }
     Row {
         name: name.to_string(),
         n,
@@ -161,6 +170,9 @@ fn main() {
         let bs = share_for_test(&bit, &mut prg);
         rows.push(measure(&format!("drelu bits={bits}"), n, |p| {
             compare::drelu(p, &xs[p.id.index()], bits)
+        }));
+        rows.push(measure(&format!("drelu_compact bits={bits}"), n, |p| {
+            compare::drelu_compact(p, &xs[p.id.index()], bits)
         }));
         rows.push(measure(&format!("less_than bits={bits}"), n, |p| {
             compare::less_than(p, &xs[p.id.index()], &ys[p.id.index()], bits)

@@ -14,6 +14,7 @@
 //! | [`relu`]`(p, x, bits)` | max(x, 0) | 1 | 8 | DCF on bits−1, 2-word payload ([`ReluKeys`]) |
 //! | [`relu_with_drelu`] | (max(x, 0), 1{x ≥ 0}) | 1 | 8 | same |
 //! | [`relu_compact`] / [`relu_compact_with_drelu`] | as above | 2 | 8 + 1/8 | 1-bit DPF on bits−1 + 3 words ([`CompactReluKeys`]) |
+//! | [`drelu_compact`]`(p, x, bits)` | 1{x ≥ 0} | 2 | ⌈bits/8⌉ + 1/8 | same |
 //! | [`max_rows`]`(p, x, rows, cols, bits)` | row maxima | ⌈log2 cols⌉ | 8 per pair per level | ReLU keys on bits+1 |
 //! | [`max_rows_with`]`(…, ReluGate::CompactKey)` | row maxima | 2⌈log2 cols⌉ | 8.125 per pair per level | compact keys on bits+1 |
 //!
@@ -340,23 +341,12 @@ pub fn relu_compact_with_drelu(
         .map(|(a, r)| a.wrapping_add(*r))
         .collect();
     let x_hat = open_bits(p, &masked, 64)?;
-    let party = p.id;
+    let e_open = open_masked_drelu_bit(p, &keys, &x_hat)?;
     let is_p0 = p.is_p0();
-    let full_mask = mask_bits(bits);
-    let lows: Vec<u64> = x_hat.iter().map(|v| v & mask_bits(bits - 1)).collect();
-    let lt = dpf_lt_batch(party, &keys.cmp, &lows);
-    // XOR share of e = DReLU(x) ⊕ ρ = p ⊕ (q ⊕ ρ) ⊕ 1{x̂' < r'}, p = 1 ⊕ msb(x̂).
-    let e_mine: Vec<u64> = (0..n)
-        .map(|i| {
-            let pb = 1 ^ ((x_hat[i] & full_mask) >> (bits - 1));
-            (if is_p0 { pb } else { 0 }) ^ keys.masked_msb[i] ^ lt[i] as u64
-        })
-        .collect();
-    let e_theirs = p.exchange(&e_mine, 1)?;
     let mut relu = Vec::with_capacity(n);
     let mut drelu = Vec::with_capacity(n);
     for i in 0..n {
-        let e = (e_mine[i] ^ e_theirs[i]) & 1;
+        let e = e_open[i];
         let flip = 1u64.wrapping_sub(2 * e);
         let d = (if is_p0 { e } else { 0 }).wrapping_add(flip.wrapping_mul(keys.out_mask[i]));
         let d_r = e
@@ -366,6 +356,61 @@ pub fn relu_compact_with_drelu(
         drelu.push(d);
     }
     Ok((relu, drelu))
+}
+
+/// Shares of 1{x ≥ 0} for signed `bits`-bit x with the compact key of
+/// [`relu_compact_with_drelu`] (1-bit DPF on bits − 1 bits, about half the DCF key of
+/// [`drelu`]): two rounds, ⌈bits/8⌉ bytes then 1 bit per element. The key's ρ·r share goes
+/// unused.
+pub fn drelu_compact(p: &mut Party, x: &[u64], bits: u32) -> Result<Vec<u64>, ProtocolError> {
+    check_sign_width("compact DReLU", bits)?;
+    let n = x.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let keys: CompactReluKeys = p.correlation(&SignParams { n, bits })?;
+    let masked: Vec<u64> = x
+        .iter()
+        .zip(&keys.mask)
+        .map(|(a, r)| a.wrapping_add(*r))
+        .collect();
+    // x mod 2^bits is masked by r mod 2^bits, which is uniform: only `bits` bits are opened.
+    let x_hat = open_bits(p, &masked, bits)?;
+    let e = open_masked_drelu_bit(p, &keys, &x_hat)?;
+    let is_p0 = p.is_p0();
+    Ok(e.iter()
+        .zip(&keys.out_mask)
+        .map(|(&e, rho)| {
+            (if is_p0 { e } else { 0 }).wrapping_add(1u64.wrapping_sub(2 * e).wrapping_mul(*rho))
+        })
+        .collect())
+}
+
+/// Evaluates the compact keys' DPF comparison on the opened x̂ (only its low `bits` bits are
+/// read) and opens e = DReLU(x) ⊕ ρ (1 bit per element, one round).
+fn open_masked_drelu_bit(
+    p: &mut Party,
+    keys: &CompactReluKeys,
+    x_hat: &[u64],
+) -> Result<Vec<u64>, ProtocolError> {
+    let bits = keys.bits;
+    let is_p0 = p.is_p0();
+    let full_mask = mask_bits(bits);
+    let lows: Vec<u64> = x_hat.iter().map(|v| v & mask_bits(bits - 1)).collect();
+    let lt = dpf_lt_batch(p.id, &keys.cmp, &lows);
+    // XOR share of e = DReLU(x) ⊕ ρ = p ⊕ (q ⊕ ρ) ⊕ 1{x̂' < r'}, p = 1 ⊕ msb(x̂).
+    let e_mine: Vec<u64> = (0..x_hat.len())
+        .map(|i| {
+            let pb = 1 ^ ((x_hat[i] & full_mask) >> (bits - 1));
+            (if is_p0 { pb } else { 0 }) ^ keys.masked_msb[i] ^ lt[i] as u64
+        })
+        .collect();
+    let e_theirs = p.exchange(&e_mine, 1)?;
+    Ok(e_mine
+        .iter()
+        .zip(&e_theirs)
+        .map(|(a, b)| (a ^ b) & 1)
+        .collect())
 }
 
 /// Shares of max(x, 0) with the compact two-round gate (see [`relu_compact_with_drelu`]).
@@ -505,13 +550,16 @@ mod tests {
             let (r0, r1) = run_pair(&dealer(bits as u8), |p| {
                 let i = p.id.index();
                 let d = drelu(p, &xs[i], bits)?;
-                Ok((d, p.online_meter().total()))
+                let costs = p.online_meter().total();
+                let compact = drelu_compact(p, &xs[i], bits)?;
+                Ok((d, costs, compact))
             });
-            let (d0, c0) = r0.unwrap();
-            let (d1, _) = r1.unwrap();
+            let (d0, c0, k0) = r0.unwrap();
+            let (d1, _, k1) = r1.unwrap();
             let got = reconstruct(&d0, &d1);
             let want: Vec<u64> = x.iter().map(|v| (*v >= 0) as u64).collect();
             assert_eq!(got, want, "bits = {bits}");
+            assert_eq!(reconstruct(&k0, &k1), want, "compact, bits = {bits}");
             assert_eq!(c0.rounds, 1);
             let per_elem = bits.div_ceil(8) as u64;
             assert!(
@@ -692,10 +740,11 @@ mod tests {
             let d = InProcessDealer::new(Dealer::with_prg(Prg::from_seed(prg.next_seed())));
             let (r0, r1) = run_pair(&d, |p| {
                 let i = p.id.index();
-                Ok((drelu(p, &xs[i], bits)?, relu(p, &xs[i], bits)?, relu_compact(p, &xs[i], bits)?))
+                Ok((drelu(p, &xs[i], bits)?, relu(p, &xs[i], bits)?, relu_compact(p, &xs[i], bits)?, drelu_compact(p, &xs[i], bits)?))
             });
             let (a, b) = (r0.unwrap(), r1.unwrap());
             prop_assert_eq!(reconstruct(&a.2, &b.2), reconstruct(&a.1, &b.1));
+            prop_assert_eq!(reconstruct(&a.3, &b.3), reconstruct(&a.0, &b.0));
             let want_d: Vec<u64> = x.iter().map(|v| (*v >= 0) as u64).collect();
             let want_r: Vec<u64> = x.iter().map(|v| (*v).max(0) as u64).collect();
             prop_assert_eq!(reconstruct(&a.0, &b.0), want_d);
