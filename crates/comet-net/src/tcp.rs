@@ -29,7 +29,7 @@ use crate::tls::{self, TlsIdentity};
 use crate::{frame, Channel, CostMeter, NetError, DEFAULT_TIMEOUT};
 use rustls::{ClientConnection, Connection, ServerConnection};
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 const HELLO_MAGIC: &[u8; 5] = b"COMET";
 /// Plaintext is handed to TLS and written out in pieces of this size, bounding buffers.
 const WRITE_PIECE: usize = 1 << 20;
+/// Socket read buffer size.
+const READ_BUFFER: usize = 256 << 10;
 /// How often a listener polls for a pending connection.
 const ACCEPT_POLL: Duration = Duration::from_millis(5);
 /// Pause between connection attempts while the peer is not listening yet.
@@ -171,7 +173,9 @@ fn run_writer(
 /// The socket under the TLS connection: reads on the caller's thread; writes straight out
 /// during the handshake, then through the writer thread.
 struct Link {
-    stream: TcpStream,
+    /// The socket, read through a large buffer: rustls asks for at most one record (often
+    /// 4 KiB) per read, which would otherwise cost a system call each.
+    stream: BufReader<TcpStream>,
     writer: Option<WriterThread>,
 }
 
@@ -226,8 +230,8 @@ impl TcpChannel {
     /// Changes the per-read/write timeout.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), NetError> {
         let t = socket_timeout(timeout);
-        self.link.stream.set_read_timeout(Some(t))?;
-        self.link.stream.set_write_timeout(Some(t))?;
+        self.link.stream.get_ref().set_read_timeout(Some(t))?;
+        self.link.stream.get_ref().set_write_timeout(Some(t))?;
         self.timeout = timeout;
         Ok(())
     }
@@ -274,7 +278,7 @@ impl TcpChannel {
             None => {
                 let mut res = Ok(());
                 while self.conn.wants_write() {
-                    if let Err(e) = self.conn.write_tls(&mut self.link.stream) {
+                    if let Err(e) = self.conn.write_tls(self.link.stream.get_mut()) {
                         res = Err(e);
                         break;
                     }
@@ -377,7 +381,7 @@ impl TcpChannel {
         let mut channel = TcpChannel {
             conn,
             link: Link {
-                stream,
+                stream: BufReader::with_capacity(READ_BUFFER, stream),
                 writer: None,
             },
             pending: Vec::new(),
@@ -406,7 +410,7 @@ impl TcpChannel {
             ))
         })?;
         channel.hello()?;
-        let writer_stream = channel.link.stream.try_clone()?;
+        let writer_stream = channel.link.stream.get_ref().try_clone()?;
         channel.link.writer = Some(WriterThread::start(writer_stream, opts.profile)?);
         tracing::debug!(peer = %channel.peer_role, addr = %peer_addr, "TLS link up");
         Ok(channel)
@@ -416,10 +420,10 @@ impl TcpChannel {
 impl Write for Link {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Only the handshake and hello write through here.
-        self.stream.write(buf)
+        self.stream.get_mut().write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+        self.stream.get_mut().flush()
     }
 }
 
@@ -703,7 +707,7 @@ mod tests {
     fn abrupt_close_without_close_notify_is_closed_or_truncated() {
         // At a frame boundary: the peer vanished (e.g. its process was killed).
         let (mut p0, p1) = pair();
-        p1.link.stream.shutdown(Shutdown::Both).unwrap();
+        p1.link.stream.get_ref().shutdown(Shutdown::Both).unwrap();
         drop(p1);
         assert!(matches!(p0.recv(), Err(NetError::Closed(_))));
         // Inside a frame: the partial frame is named.
@@ -712,7 +716,7 @@ mod tests {
             .unwrap();
         // Let the writer thread put the partial frame on the wire, then cut the socket.
         p1.link.writer.take().unwrap().finish();
-        p1.link.stream.shutdown(Shutdown::Both).unwrap();
+        p1.link.stream.get_ref().shutdown(Shutdown::Both).unwrap();
         drop(p1);
         let err = p0.recv().unwrap_err();
         assert!(
