@@ -607,6 +607,33 @@ mod tests {
     }
 
     #[test]
+    fn staged_batches_merge_their_openings_into_one_round() {
+        let bits = 30;
+        let mut prg = Prg::from_seed([21; 16]);
+        let x = signed_inputs(&mut prg, 90, bits);
+        let xs = share_for_test(&as_ring(&x), &mut prg);
+        let (r0, r1) = run_pair(&dealer(22), |p| {
+            let i = p.id.index();
+            let d = DreluBatch::fetch(p, x.len(), bits)?;
+            let r = ReluBatch::fetch(p, x.len(), bits)?;
+            let (dm, rm) = (d.masked_share(&xs[i])?, r.masked_share(&xs[i])?);
+            let opened = crate::arith::open_many(p, &[(&dm, bits), (&rm, 64)])?;
+            let rounds = p.online_meter().total().rounds;
+            Ok((d.finish(p, &opened[0])?, r.finish(p, &opened[1])?.0, rounds))
+        });
+        let (a, b) = (r0.unwrap(), r1.unwrap());
+        assert_eq!(a.2, 1);
+        assert_eq!(
+            reconstruct(&a.0, &b.0),
+            x.iter().map(|v| (*v >= 0) as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            reconstruct(&a.1, &b.1),
+            x.iter().map(|v| (*v).max(0) as u64).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn select_multiplies_by_arithmetic_and_xor_bits() {
         let mut prg = Prg::from_seed([11; 16]);
         let n = 200;
