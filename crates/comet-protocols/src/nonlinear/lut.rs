@@ -43,21 +43,31 @@ pub struct GatedOutput {
     pub relu: Option<Vec<u64>>,
 }
 
-/// Party `party`'s `v_b = (−1)^b Σ_i T[(x̂' − i) mod 2^m]·t_b(i)` for a masked index `x̂'`.
-/// Branch-free in the DPF bits (each term is masked, not skipped).
-fn table_sum(party: PartyId, key: &DpfKey, index: u64, table: &[u64]) -> u64 {
+/// Party `party`'s `v_b = (−1)^b Σ_i T[(x̂' − i) mod 2^m]·t_b(i)` for a masked index `x̂'`,
+/// with `reversed[k] = T[−k mod 2^m]` so that `T[x̂' − i] = reversed[(i − x̂') mod 2^m]` runs
+/// over contiguous memory. Branch-free in the DPF bits (each term is masked, not skipped).
+fn table_sum(party: PartyId, key: &DpfKey, index: u64, reversed: &[u64]) -> u64 {
     let bits = dpf_eval_all(party, key);
-    let size = table.len();
+    let size = reversed.len();
     let mask = size - 1;
     let x = index as usize & mask;
     let mut v = 0u64;
     for (w, &word) in bits.iter().enumerate() {
         let base = w * 64;
-        let count = (size - base.min(size)).min(64);
-        for b in 0..count {
-            let take = ((word >> b) & 1).wrapping_neg();
-            v = v.wrapping_add(table[x.wrapping_sub(base + b) & mask] & take);
+        if base >= size {
+            break;
         }
+        let count = (size - base).min(64);
+        let start = base.wrapping_sub(x) & mask;
+        let first = count.min(size - start);
+        let mut acc = 0u64;
+        for (b, t) in reversed[start..start + first].iter().enumerate() {
+            acc = acc.wrapping_add(t & ((word >> b) & 1).wrapping_neg());
+        }
+        for (b, t) in reversed[..count - first].iter().enumerate() {
+            acc = acc.wrapping_add(t & ((word >> (b + first)) & 1).wrapping_neg());
+        }
+        v = v.wrapping_add(acc);
     }
     if party == PartyId::P1 {
         v.wrapping_neg()
@@ -116,6 +126,10 @@ pub fn gated_lookup(
     let x_hat = ring::add(&masked, &theirs);
     let party = p.id;
     let index_mask = ring::mask_bits(spec.index_bits);
+    let size = spec.table.len();
+    let reversed: Vec<u64> = (0..size)
+        .map(|k| spec.table[size.wrapping_sub(k) & (size - 1)])
+        .collect();
     let local: Vec<(u64, [u64; 2], u64)> = (0..x.len())
         .into_par_iter()
         .map(|i| {
@@ -123,7 +137,7 @@ pub fn gated_lookup(
                 party,
                 &keys.dpf[i],
                 (x_hat[i] >> spec.index_shift) & index_mask,
-                &spec.table,
+                &reversed,
             );
             let mut g = [0u64; 2];
             for &(c, w) in &spec.gate {
