@@ -1,0 +1,308 @@
+//! The secure forward of a llama model on one server (DESIGN.md §6), dense path.
+//!
+//! Scales: activations carry `f` fractional bits; a product of two of them carries `2f`.
+//! Per block: RMSNorm (gain folded into the next weights) → Q/K/V in one opening → RoPE as a
+//! public rotation at `3f` truncated by `2f` in one round (`1/√head_dim` folded into the
+//! query rotation) → one opening of the masked query together with the new key/value rows
+//! (against their fixed row masks) → scores `Q·Kᵀ` locally → truncation → causal softmax →
+//! one opening of the masked probabilities → `P·V` locally at `2f` → `Wo` at `3f` →
+//! truncation by `2f` → residual → RMSNorm → gate/up in one opening → truncation → SiLU →
+//! Beaver product at `2f` → down at `3f` → truncation by `2f` → residual. The LM head's output
+//! stays at `2f` and goes to the client as shares.
+
+use crate::error::{EngineError, Result};
+use crate::kv::{kv_mask_id, LayerKv, SecureKvCache};
+use crate::model::ServerModel;
+use crate::nl;
+use comet_core::{matmul, ring, FixedPoint};
+use comet_dealer::kinds::attention::{AttnParams, AttnScoreMask, AttnValueMask};
+use comet_dealer::kinds::matmul::MatmulMask;
+use comet_dealer::FixedWeight;
+use comet_model::LlamaConfig;
+use comet_protocols::{arith, trunc, Party};
+
+/// Shares of `X·W` after the opening `E = X − A`: `[E·F] + E·B_i + A_i·F + C_i`, the bracket
+/// added by P0 only.
+pub fn product_after_opening(is_p0: bool, e: &[u64], a: &[u64], c: &[u64], w: &FixedWeight, m: usize) -> Vec<u64> {
+    let mut y = c.to_vec();
+    if is_p0 {
+        let e_side = ring::add(&w.masked, &w.mask_share);
+        matmul::matmul_acc(e, &e_side, m, w.k, w.n, &mut y);
+    } else {
+        matmul::matmul_acc(e, &w.mask_share, m, w.k, w.n, &mut y);
+    }
+    matmul::matmul_acc(a, &w.masked, m, w.k, w.n, &mut y);
+    y
+}
+
+/// The token embedding of `m` tokens from the client's opened one-hots `E = X − A`
+/// (`m × vocab`, X at scale 0), with this server's half of the product mask: shares of the
+/// embeddings at scale `f`.
+pub fn embed(p: &Party, model: &ServerModel, e: &[u64], mask: &MatmulMask, m: usize) -> Result<Vec<u64>> {
+    let w = &model.embedding;
+    if e.len() != m * w.k || mask.a.len() != m * w.k || mask.c.len() != 1 {
+        return Err(EngineError::Session(format!(
+            "masked one-hots of {} values for {m} tokens of a {}-token vocabulary",
+            e.len(),
+            w.k
+        )));
+    }
+    Ok(product_after_opening(p.is_p0(), e, &mask.a, &mask.c[0], w, m))
+}
+
+/// Runs `m` new positions (shares of their embeddings `x`, `m × d` at scale `f`) through all
+/// blocks, appending their keys and values to `cache`, and returns shares of the logits of
+/// the last `logits_rows` positions (`logits_rows × vocab`, scale `2f`).
+pub fn forward(
+    p: &mut Party,
+    model: &ServerModel,
+    cache: &mut SecureKvCache,
+    mut x: Vec<u64>,
+    m: usize,
+    logits_rows: usize,
+) -> Result<Vec<u64>> {
+    let c = &model.config;
+    if m == 0 || x.len() != m * c.d_model || logits_rows == 0 || logits_rows > m {
+        return Err(EngineError::InvalidRequest(format!(
+            "forward of {m} positions with {} values, {logits_rows} logit rows",
+            x.len()
+        )));
+    }
+    cache.check_room(m)?;
+    let start = cache.len;
+    let rope = Rope::new(c, model.fp, start, m);
+    for (l, layer_kv) in cache.layers.iter_mut().enumerate() {
+        let _layer = p.scope(&format!("layer.{l}"));
+        block(p, model, l, layer_kv, &rope, start, &mut x, m)?;
+    }
+    cache.len = start + m;
+    let d = c.d_model;
+    let last = &x[(m - logits_rows) * d..];
+    let normed = {
+        let _s = p.scope("final.norm");
+        nl::rms_normalize(p, last, logits_rows, d, c.norm_eps)?
+    };
+    let _s = p.scope("lm_head");
+    let logits = arith::matmul_fixed(p, &normed, logits_rows, &[&model.lm_head])?;
+    Ok(logits.into_iter().next().expect("one weight"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn block(
+    p: &mut Party,
+    model: &ServerModel,
+    l: usize,
+    kv: &mut LayerKv,
+    rope: &Rope,
+    start: usize,
+    x: &mut [u64],
+    m: usize,
+) -> Result<()> {
+    let c = &model.config;
+    let f = model.fp.frac_bits;
+    let w = &model.layers[l];
+    let d = c.d_model;
+    let t = start + m;
+
+    // Attention.
+    let normed = {
+        let _s = p.scope("attn.norm");
+        nl::rms_normalize(p, x, m, d, c.norm_eps)?
+    };
+    let qkv = {
+        let _s = p.scope("attn.qkv");
+        arith::matmul_fixed(p, &normed, m, &[&w.wq, &w.wk, &w.wv])?
+    };
+    let q_rot = rope.rotate(&qkv[0], m, c.n_heads, c.head_dim, true);
+    let k_rot = rope.rotate(&qkv[1], m, c.n_kv_heads, c.head_dim, false);
+    let qkv = {
+        let _s = p.scope("attn.rope");
+        trunc::truncate_many(p, &[(&q_rot, 2 * f), (&k_rot, 2 * f), (&qkv[2], f)])?
+    };
+    let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+    let params = AttnParams {
+        m,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        cache: kv_mask_id(l, false),
+        rows: t,
+    };
+    let scores = {
+        let _s = p.scope("attn.scores");
+        let mask: AttnScoreMask = p.correlation(&params)?;
+        let width = c.kv_dim();
+        let e_share = ring::sub(q, &mask.a);
+        let k_share = ring::sub(k, &kv.key_mask[start * width..t * width]);
+        let v_share = ring::sub(v, &kv.value_mask[start * width..t * width]);
+        let opened = arith::open_many(p, &[(&e_share, 64), (&k_share, 64), (&v_share, 64)])?;
+        kv.keys_open.extend_from_slice(&opened[1]);
+        kv.values_open.extend_from_slice(&opened[2]);
+        let raw = attention_scores(p.is_p0(), c, &opened[0], &mask, kv, m, t);
+        trunc::truncate(p, &raw, f)?
+    };
+    let probs = {
+        let _s = p.scope("attn.softmax");
+        nl::causal_softmax(p, &scores, c.n_heads, m, start)?
+    };
+    let attn = {
+        let _s = p.scope("attn.pv");
+        let params = AttnParams { cache: kv_mask_id(l, true), ..params };
+        let mask: AttnValueMask = p.correlation(&params)?;
+        let e = arith::open(p, &ring::sub(&probs, &mask.a))?;
+        attention_values(p.is_p0(), c, &e, &mask, kv, m, t)
+    };
+    let out = {
+        let _s = p.scope("attn.out");
+        let o = arith::matmul_fixed(p, &attn, m, &[&w.wo])?;
+        trunc::truncate(p, &o[0], 2 * f)?
+    };
+    ring::add_assign(x, &out);
+
+    // Feed-forward (SwiGLU).
+    let normed = {
+        let _s = p.scope("ffn.norm");
+        nl::rms_normalize(p, x, m, d, c.norm_eps)?
+    };
+    let gate_up = {
+        let _s = p.scope("ffn.gate_up");
+        let gu = arith::matmul_fixed(p, &normed, m, &[&w.w_gate, &w.w_up])?;
+        trunc::truncate_many(p, &[(&gu[0], f), (&gu[1], f)])?
+    };
+    let activated = {
+        let _s = p.scope("ffn.silu");
+        nl::silu(p, &gate_up[0])?
+    };
+    let hidden = {
+        let _s = p.scope("ffn.mul");
+        arith::mul(p, &activated, &gate_up[1])?
+    };
+    let down = {
+        let _s = p.scope("ffn.down");
+        let o = arith::matmul_fixed(p, &hidden, m, &[&w.w_down])?;
+        trunc::truncate(p, &o[0], 2 * f)?
+    };
+    ring::add_assign(x, &down);
+    Ok(())
+}
+
+/// Columns `h·hd .. (h+1)·hd` of a `rows × width` matrix.
+fn head_cols(x: &[u64], rows: usize, width: usize, h: usize, hd: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(rows * hd);
+    for r in 0..rows {
+        out.extend_from_slice(&x[r * width + h * hd..r * width + (h + 1) * hd]);
+    }
+    out
+}
+
+/// Shares of the raw scores `Q·Kᵀ` (scale `2f`), `n_heads × m × t`, from the opened masked
+/// query `e = Q − A` and the opened key rows: `[E·F_Kᵀ] + E·B_Kᵀ + A·F_Kᵀ + C`.
+fn attention_scores(
+    is_p0: bool,
+    c: &LlamaConfig,
+    e: &[u64],
+    mask: &AttnScoreMask,
+    kv: &LayerKv,
+    m: usize,
+    t: usize,
+) -> Vec<u64> {
+    let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+    let group = c.group_size();
+    let mut out = mask.c.clone();
+    for g in 0..c.n_kv_heads {
+        let f_k = head_cols(&kv.keys_open, t, kvd, g, hd);
+        let b_k = head_cols(&kv.key_mask[..t * kvd], t, kvd, g, hd);
+        let e_side = if is_p0 { ring::add(&f_k, &b_k) } else { b_k };
+        for h in g * group..(g + 1) * group {
+            let e_h = head_cols(e, m, qd, h, hd);
+            let a_h = head_cols(&mask.a, m, qd, h, hd);
+            let dst = &mut out[h * m * t..(h + 1) * m * t];
+            matmul::matmul_transposed_b_acc(&e_h, &e_side, m, hd, t, dst);
+            matmul::matmul_transposed_b_acc(&a_h, &f_k, m, hd, t, dst);
+        }
+    }
+    out
+}
+
+/// Shares of `P·V` (scale `2f`), `m × q_dim`, from the opened masked probabilities
+/// `e = P − A` (`n_heads × m × t`) and the opened value rows: `[E·F_V] + E·B_V + A·F_V + C`.
+fn attention_values(
+    is_p0: bool,
+    c: &LlamaConfig,
+    e: &[u64],
+    mask: &AttnValueMask,
+    kv: &LayerKv,
+    m: usize,
+    t: usize,
+) -> Vec<u64> {
+    let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+    let group = c.group_size();
+    let mut out = mask.c.clone();
+    for g in 0..c.n_kv_heads {
+        let f_v = head_cols(&kv.values_open, t, kvd, g, hd);
+        let b_v = head_cols(&kv.value_mask[..t * kvd], t, kvd, g, hd);
+        let e_side = if is_p0 { ring::add(&f_v, &b_v) } else { b_v };
+        for h in g * group..(g + 1) * group {
+            let e_h = &e[h * m * t..(h + 1) * m * t];
+            let a_h = &mask.a[h * m * t..(h + 1) * m * t];
+            let mut o = matmul::matmul(e_h, &e_side, m, t, hd);
+            matmul::matmul_acc(a_h, &f_v, m, t, hd, &mut o);
+            for i in 0..m {
+                ring::add_assign(&mut out[i * qd + h * hd..i * qd + (h + 1) * hd], &o[i * hd..(i + 1) * hd]);
+            }
+        }
+    }
+    out
+}
+
+/// Rotary embedding for positions `start..start+m` as public fixed-point constants (GGUF
+/// llama: interleaved pairs `(2i, 2i+1)` of each head, frequency `base^(−2i/head_dim)`).
+struct Rope {
+    /// `[m, half]` cos and sin at scale `f` for keys.
+    cos: Vec<u64>,
+    sin: Vec<u64>,
+    /// The same multiplied by `1/√head_dim`, for queries.
+    cos_q: Vec<u64>,
+    sin_q: Vec<u64>,
+    half: usize,
+}
+
+impl Rope {
+    fn new(c: &LlamaConfig, fp: FixedPoint, start: usize, m: usize) -> Self {
+        let half = c.head_dim / 2;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let mut r = Rope { cos: vec![], sin: vec![], cos_q: vec![], sin_q: vec![], half };
+        for pos in start..start + m {
+            for i in 0..half {
+                let freq = c.rope_base.powf(-((2 * i) as f64) / c.head_dim as f64);
+                let angle = pos as f64 * freq;
+                r.cos.push(fp.encode(angle.cos()));
+                r.sin.push(fp.encode(angle.sin()));
+                r.cos_q.push(fp.encode(angle.cos() * scale));
+                r.sin_q.push(fp.encode(angle.sin() * scale));
+            }
+        }
+        r
+    }
+
+    /// Rotates shares `x` (`m × heads·head_dim`): a linear map with public coefficients at
+    /// scale `f`, so the result has `f` more fractional bits than `x`.
+    fn rotate(&self, x: &[u64], m: usize, heads: usize, head_dim: usize, query: bool) -> Vec<u64> {
+        let (cos, sin) = if query { (&self.cos_q, &self.sin_q) } else { (&self.cos, &self.sin) };
+        let width = heads * head_dim;
+        let mut out = vec![0u64; x.len()];
+        for r in 0..m {
+            let cr = &cos[r * self.half..(r + 1) * self.half];
+            let sr = &sin[r * self.half..(r + 1) * self.half];
+            for h in 0..heads {
+                let base = r * width + h * head_dim;
+                for i in 0..self.half {
+                    let (a, b) = (x[base + 2 * i], x[base + 2 * i + 1]);
+                    out[base + 2 * i] = a.wrapping_mul(cr[i]).wrapping_sub(b.wrapping_mul(sr[i]));
+                    out[base + 2 * i + 1] = a.wrapping_mul(sr[i]).wrapping_add(b.wrapping_mul(cr[i]));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,193 @@
+//! The default deployment: client, P0, P1 and the dealer in one process, the servers on their
+//! own threads, every link an in-memory channel (shaped by a [`NetProfile`] if asked).
+
+use crate::error::{EngineError, Result};
+use crate::kv::start_kv_session;
+use crate::model::{share_model, ServerModel};
+use crate::report::GenerationReport;
+use crate::session::{serve_session, Client, ServerSummary};
+use comet_core::{FixedPoint, PartyId, Prg};
+use comet_dealer::{Dealer, InProcessDealer};
+use comet_model::{LlamaConfig, Model, Sampler};
+use comet_net::{memory_pair_shaped, NetProfile};
+use comet_protocols::Party;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// A model shared between two in-process servers, with the dealer that holds its masks.
+#[derive(Debug)]
+pub struct LocalDeployment {
+    config: LlamaConfig,
+    fp: FixedPoint,
+    dealer: InProcessDealer,
+    models: [Arc<ServerModel>; 2],
+    prg: Prg,
+}
+
+impl LocalDeployment {
+    /// Shares `model` at fixed-point format `fp` with a dealer seeded from the OS.
+    pub fn share(model: &Model, fp: FixedPoint) -> Result<Self> {
+        Self::share_with(model, fp, Dealer::new(), Prg::from_entropy())
+    }
+
+    /// Shares `model` with a given dealer and session PRG (deterministic tests).
+    pub fn share_with(model: &Model, fp: FixedPoint, mut dealer: Dealer, prg: Prg) -> Result<Self> {
+        let [m0, m1] = share_model(model, fp, &mut dealer)?;
+        Ok(Self {
+            config: model.config().clone(),
+            fp,
+            dealer: InProcessDealer::new(dealer),
+            models: [Arc::new(m0), Arc::new(m1)],
+            prg,
+        })
+    }
+
+    /// The shared model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Starts a session of up to `capacity` positions: fresh KV cache masks at the dealer,
+    /// both servers on their own threads, and the client's end returned.
+    pub fn session(&mut self, capacity: usize, net: NetProfile) -> Result<LocalSession> {
+        check_capacity(&self.config, capacity)?;
+        let seeds = {
+            let prg = &mut self.prg;
+            let config = &self.config;
+            self.dealer.with(|d| start_kv_session(d, config, capacity, prg))
+        };
+        let (s0, s1) = memory_pair_shaped(net);
+        let (c0, k0) = memory_pair_shaped(net);
+        let (c1, k1) = memory_pair_shaped(net);
+        let mut handles = Vec::with_capacity(2);
+        for (((id, link), client_end), seeds) in
+            [PartyId::P0, PartyId::P1].into_iter().zip([s0, s1]).zip([k0, k1]).zip(seeds)
+        {
+            let model = self.models[id.index()].clone();
+            let source = self.dealer.source(id);
+            let fp = self.fp;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("comet-{}", crate::session::party_name(id)))
+                    .spawn(move || {
+                        let mut client_end = client_end;
+                        let mut party = Party::new(id, Box::new(link), Box::new(source), fp);
+                        serve_session(&mut party, &model, &seeds, &mut client_end)
+                    })
+                    .map_err(|e| EngineError::Session(format!("cannot start a server thread: {e}")))?,
+            );
+        }
+        let client = Client::new([Box::new(c0), Box::new(c1)], self.config.vocab_size, self.fp, capacity);
+        Ok(LocalSession { client: Some(client), handles })
+    }
+}
+
+/// Fails unless a session of `capacity` positions fits the model.
+pub fn check_capacity(config: &LlamaConfig, capacity: usize) -> Result<()> {
+    if capacity == 0 || capacity > config.context_length {
+        return Err(EngineError::InvalidRequest(format!(
+            "a session of {capacity} positions; the model's context is {} tokens",
+            config.context_length
+        )));
+    }
+    Ok(())
+}
+
+/// A running in-process session.
+#[derive(Debug)]
+pub struct LocalSession {
+    client: Option<Client>,
+    handles: Vec<JoinHandle<Result<ServerSummary>>>,
+}
+
+impl LocalSession {
+    /// The client's end.
+    pub fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("the client lives until finish")
+    }
+
+    /// Ends the session and waits for both servers; returns the first server error, if any.
+    pub fn finish(mut self) -> Result<[ServerSummary; 2]> {
+        let client = self.client.take().expect("finish runs once");
+        let sent = client.finish();
+        let results = self.join();
+        sent?;
+        let mut it = results.into_iter();
+        let a = it.next().expect("two servers")?;
+        let b = it.next().expect("two servers")?;
+        Ok([a, b])
+    }
+
+    /// Drops the client's links (as a crashed client would) and waits for both servers;
+    /// returns their results.
+    pub fn abort(mut self) -> Vec<Result<ServerSummary>> {
+        self.client.take();
+        self.join()
+    }
+
+    fn join(&mut self) -> Vec<Result<ServerSummary>> {
+        std::mem::take(&mut self.handles)
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Session("a server thread panicked".into()))))
+            .collect()
+    }
+}
+
+/// What a generation produced.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// The generated token ids.
+    pub tokens: Vec<u32>,
+    /// True when generation stopped at a stop token.
+    pub stopped_at_stop_token: bool,
+    /// Costs per step.
+    pub report: GenerationReport,
+}
+
+/// Generates up to `max_tokens` after `prompt` through `client` (prefill in one step, then
+/// one token per step), calling `on_token` as soon as each token is chosen.
+pub fn generate(
+    client: &mut Client,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: &mut Sampler,
+    stop_tokens: &[u32],
+    net: &str,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+    }
+    let mut report = GenerationReport { net: net.to_string(), prompt_tokens: prompt.len(), ..Default::default() };
+    let mut tokens = Vec::new();
+    let mut stopped = false;
+    if max_tokens == 0 {
+        return Ok(Generation { tokens, stopped_at_stop_token: false, report });
+    }
+    let first = client.step(prompt, false)?;
+    report.push(first.costs);
+    let mut logits = first.logits;
+    loop {
+        let next = sampler.sample(&logits);
+        tokens.push(next);
+        on_token(next)?;
+        if stop_tokens.contains(&next) {
+            stopped = true;
+            break;
+        }
+        if tokens.len() >= max_tokens {
+            break;
+        }
+        let step = client.step(&[next], false)?;
+        report.push(step.costs);
+        logits = step.logits;
+    }
+    report.generated_tokens = tokens.len();
+    Ok(Generation { tokens, stopped_at_stop_token: stopped, report })
+}
+
+/// Session capacity for a prompt and a token budget: every generated token but the last is
+/// fed back, so `prompt + max_tokens − 1` positions (at least the prompt).
+pub fn capacity_for(prompt_tokens: usize, max_tokens: usize) -> usize {
+    prompt_tokens + max_tokens.saturating_sub(1)
+}
