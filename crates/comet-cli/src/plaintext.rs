@@ -2,6 +2,7 @@
 //!
 //! They run the f32 reference forward of `comet-model`, the yardstick for the secure engine.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,11 +82,16 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     if !args.plaintext {
         bail!("secure generation is not available yet; use --plaintext");
     }
-    if !(args.temperature >= 0.0) || !(args.top_p > 0.0 && args.top_p <= 1.0) {
+    let temperature_ok = args.temperature.is_finite() && args.temperature >= 0.0;
+    if !temperature_ok || args.top_p.is_nan() || args.top_p <= 0.0 || args.top_p > 1.0 {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
     let (model, tokenizer) = load_with_progress(args.model.as_deref(), args.fixed_point)?;
-    let text = if args.chat { tokenizer.chat_prompt(&args.prompt) } else { args.prompt.clone() };
+    let text = if args.chat {
+        tokenizer.chat_prompt(&args.prompt)
+    } else {
+        args.prompt.clone()
+    };
     let prompt = tokenizer.encode(&text).context("tokenizing the prompt")?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
@@ -144,7 +150,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading {}", args.text.display()))?;
     let (model, tokenizer) = load_with_progress(args.model.as_deref(), args.fixed_point)?;
-    let mut tokens = tokenizer.encode(&text).context("tokenizing the text")?;
+    let tokens = tokenizer.encode(&text).context("tokenizing the text")?;
     let context = model.config().context_length;
     let window = args.window.unwrap_or(context).min(context);
     if window < 2 {
@@ -153,15 +159,25 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.chunk == 0 {
         bail!("--chunk must be at least 1");
     }
-    if let Some(limit) = args.max_tokens {
-        // Scoring `limit` tokens needs one extra token of context per window; keep it simple.
-        tokens.truncate(limit.saturating_add(tokens.len().div_ceil(window)).min(tokens.len()));
-    }
     if tokens.len() < 2 {
         bail!("the text has fewer than 2 tokens; nothing to score");
     }
-    let windows: Vec<&[u32]> = tokens.chunks(window).filter(|w| w.len() >= 2).collect();
+    // Non-overlapping windows; the first token of each is context only. `--max-tokens` caps
+    // the number of scored tokens.
+    let mut budget = args.max_tokens.unwrap_or(usize::MAX);
+    let mut windows: Vec<&[u32]> = Vec::new();
+    for w in tokens.chunks(window) {
+        if w.len() < 2 || budget == 0 {
+            continue;
+        }
+        let take = w.len().min(budget.saturating_add(1));
+        budget -= take - 1;
+        windows.push(&w[..take]);
+    }
     let to_score: usize = windows.iter().map(|w| w.len() - 1).sum();
+    if to_score == 0 {
+        bail!("--max-tokens 0 leaves nothing to score");
+    }
     let bar = ProgressBar::new(to_score as u64);
     bar.set_style(
         ProgressStyle::with_template("scoring {bar:40} {pos}/{len} tokens ({per_sec}, eta {eta})")
@@ -177,7 +193,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             let logits = model.forward_all(chunk, &mut cache)?;
             let base = c * args.chunk;
             for (r, row) in logits.chunks_exact(vocab).enumerate() {
-                let Some(&target) = w.get(base + r + 1) else { continue };
+                let Some(&target) = w.get(base + r + 1) else {
+                    continue;
+                };
                 nll_sum += negative_log_likelihood(row, target);
                 scored += 1;
             }
@@ -187,17 +205,25 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     let mean = nll_sum / scored as f64;
-    println!("model:        {}", model_path(args.model.as_deref()).display());
-    println!("text:         {} ({} tokens, window {window})", args.text.display(), tokens.len());
-    println!("scored:       {scored} tokens");
-    println!("mean NLL:     {mean:.4} nats/token");
-    println!("perplexity:   {:.3}", mean.exp());
-    println!(
+    let mut report = String::new();
+    let model_file = model_path(args.model.as_deref());
+    let _ = writeln!(report, "model:        {}", model_file.display());
+    let _ = writeln!(
+        report,
+        "text:         {} ({} tokens, window {window})",
+        args.text.display(),
+        tokens.len()
+    );
+    let _ = writeln!(report, "scored:       {scored} tokens");
+    let _ = writeln!(report, "mean NLL:     {mean:.4} nats/token");
+    let _ = writeln!(report, "perplexity:   {:.3}", mean.exp());
+    let _ = writeln!(
+        report,
         "speed:        {:.1} tokens/s ({:.2} s)",
         scored as f64 / elapsed.as_secs_f64().max(1e-9),
         elapsed.as_secs_f64()
     );
-    Ok(())
+    print_report(&report)
 }
 
 /// `comet info`: configuration, tokenizer summary and tensor table of a model file.
@@ -206,28 +232,51 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let gguf = GgufFile::open(&path)?;
     let config = comet_model::LlamaConfig::from_gguf(&gguf)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
-    println!("model file:       {}", path.display());
+    let mut r = String::new();
+    let _ = writeln!(r, "model file:       {}", path.display());
     if let Ok(Some(name)) = gguf.get_str_opt("general.name") {
-        println!("name:             {name}");
+        let _ = writeln!(r, "name:             {name}");
     }
-    println!("architecture:     llama");
-    println!("layers:           {}", config.n_layers);
-    println!("d_model:          {}", config.d_model);
-    println!("heads:            {} (KV heads {}, head dim {})", config.n_heads, config.n_kv_heads, config.head_dim);
-    println!("ffn dim:          {}", config.ffn_dim);
-    println!("vocab:            {}", config.vocab_size);
-    println!("context length:   {}", config.context_length);
-    println!("rope base:        {}", config.rope_base);
-    println!("rms norm eps:     {:e}", config.norm_eps);
-    println!("lm head:          {}", if config.tied_lm_head { "tied to token embedding" } else { "output.weight" });
-    println!("parameters:       {}", config.n_params());
+    let _ = writeln!(r, "architecture:     llama");
+    let _ = writeln!(r, "layers:           {}", config.n_layers);
+    let _ = writeln!(r, "d_model:          {}", config.d_model);
+    let _ = writeln!(
+        r,
+        "heads:            {} (KV heads {}, head dim {})",
+        config.n_heads, config.n_kv_heads, config.head_dim
+    );
+    let _ = writeln!(r, "ffn dim:          {}", config.ffn_dim);
+    let _ = writeln!(r, "vocab:            {}", config.vocab_size);
+    let _ = writeln!(r, "context length:   {}", config.context_length);
+    let _ = writeln!(r, "rope base:        {}", config.rope_base);
+    let _ = writeln!(r, "rms norm eps:     {:e}", config.norm_eps as f32);
+    let _ = writeln!(
+        r,
+        "lm head:          {}",
+        if config.tied_lm_head {
+            "tied to token embedding"
+        } else {
+            "output.weight"
+        }
+    );
+    let _ = writeln!(r, "parameters:       {}", config.n_params());
     let name_of = |id: Option<u32>| {
         id.map(|i| format!("{i} {:?}", tokenizer.token_text(i).unwrap_or_default()))
             .unwrap_or_else(|| "none".into())
     };
-    println!("bos / eos:        {} / {}", name_of(tokenizer.bos_token_id()), name_of(tokenizer.eos_token_id()));
-    println!("special tokens:   {}", tokenizer.special_token_ids().len());
-    println!(
+    let _ = writeln!(
+        r,
+        "bos / eos:        {} / {}",
+        name_of(tokenizer.bos_token_id()),
+        name_of(tokenizer.eos_token_id())
+    );
+    let _ = writeln!(
+        r,
+        "special tokens:   {}",
+        tokenizer.special_token_ids().len()
+    );
+    let _ = writeln!(
+        r,
         "chat template:    {}",
         match (tokenizer.chat_template(), tokenizer.default_system_prompt()) {
             (None, _) => "none".to_string(),
@@ -236,21 +285,31 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
         }
     );
     let tensors = gguf.tensors();
-    println!("\ntensors ({}):", tensors.len());
-    println!("  {:<32} {:>6} {:>16}", "name", "type", "shape");
+    let _ = writeln!(r, "\ntensors ({}):", tensors.len());
+    let _ = writeln!(r, "  {:<32} {:>6} {:>16}", "name", "type", "shape");
     for t in tensors {
-        let shape = t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
-        println!("  {:<32} {:>6} {:>16}", t.name, t.dtype, shape);
+        let shape = t
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        let _ = writeln!(r, "  {:<32} {:>6} {:>16}", t.name, t.dtype, shape);
     }
-    Ok(())
+    print_report(&r)
 }
 
 fn model_path(explicit: Option<&Path>) -> PathBuf {
-    explicit.map(Path::to_path_buf).unwrap_or_else(comet_model::default_model_path)
+    explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(comet_model::default_model_path)
 }
 
 /// Loads model and tokenizer with a spinner (loading takes about a second).
-fn load_with_progress(explicit: Option<&Path>, fixed_point: Option<u32>) -> anyhow::Result<(Model, Tokenizer)> {
+fn load_with_progress(
+    explicit: Option<&Path>,
+    fixed_point: Option<u32>,
+) -> anyhow::Result<(Model, Tokenizer)> {
     let path = model_path(explicit);
     let spinner = ProgressBar::new_spinner();
     spinner.set_message(format!("loading {}", path.display()));
@@ -269,9 +328,23 @@ fn load_with_progress(explicit: Option<&Path>, fixed_point: Option<u32>) -> anyh
     Ok((model, tokenizer))
 }
 
+/// Prints `text` to stdout; a closed pipe (e.g. `comet info | head`) is not an error.
+fn print_report(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// −log softmax(logits)[target], computed stably in f64.
 fn negative_log_likelihood(logits: &[f32], target: u32) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    let log_sum = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     log_sum - logits[target as usize] as f64
 }

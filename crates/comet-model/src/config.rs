@@ -36,21 +36,30 @@ impl LlamaConfig {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let arch = gguf.get_str("general.architecture")?;
         if arch != "llama" {
-            return Err(ModelError::UnsupportedArchitecture { found: arch.to_string() });
+            return Err(ModelError::UnsupportedArchitecture {
+                found: arch.to_string(),
+            });
         }
         let n_layers = gguf.get_usize("llama.block_count")?;
         let d_model = gguf.get_usize("llama.embedding_length")?;
         let n_heads = gguf.get_usize("llama.attention.head_count")?;
-        let n_kv_heads = gguf.get_usize_opt("llama.attention.head_count_kv")?.unwrap_or(n_heads);
+        let n_kv_heads = gguf
+            .get_usize_opt("llama.attention.head_count_kv")?
+            .unwrap_or(n_heads);
         let ffn_dim = gguf.get_usize("llama.feed_forward_length")?;
         let context_length = gguf.get_usize_opt("llama.context_length")?.unwrap_or(2048);
-        let rope_base = gguf.get_f64_opt("llama.rope.freq_base")?.unwrap_or(10_000.0);
+        let rope_base = gguf
+            .get_f64_opt("llama.rope.freq_base")?
+            .unwrap_or(10_000.0);
         let norm_eps = gguf
             .get_f64_opt("llama.attention.layer_norm_rms_epsilon")?
             .unwrap_or(1e-5);
         let positive = |key: &str, v: usize| {
             if v == 0 {
-                Err(ModelError::BadMetadata { key: key.to_string(), message: "must be > 0".into() })
+                Err(ModelError::BadMetadata {
+                    key: key.to_string(),
+                    message: "must be > 0".into(),
+                })
             } else {
                 Ok(v)
             }
@@ -158,7 +167,11 @@ impl LlamaConfig {
             + 2 * d * self.kv_dim()
             + self.q_dim() * d
             + 3 * d * self.ffn_dim;
-        let head = if self.tied_lm_head { 0 } else { self.vocab_size * d };
+        let head = if self.tied_lm_head {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + self.n_layers * per_layer + d + head
     }
 }

@@ -20,7 +20,7 @@ pub enum ModelError {
         source: std::io::Error,
     },
     /// The file does not start with the GGUF magic bytes.
-    #[error("{} is not a GGUF file (it starts with {found:02x?}, a GGUF file starts with \"GGUF\")", path.display())]
+    #[error("{} is not a GGUF file (it starts with \"{}\", a GGUF file starts with \"GGUF\")", path.display(), found.escape_ascii())]
     NotGguf {
         /// The file that was opened.
         path: PathBuf,
@@ -42,7 +42,10 @@ pub enum ModelError {
         found: String,
     },
     /// A tensor is stored in a ggml type this crate does not dequantize.
-    #[error("tensor {name} has unsupported type {dtype} (supported: {})", crate::gguf::SUPPORTED_TYPES)]
+    #[error(
+        "tensor {name} has unsupported type {dtype} (supported: {})",
+        crate::gguf::SUPPORTED_TYPES
+    )]
     UnsupportedTensorType {
         /// The tensor's name (or a description when the parser could not attach one).
         name: String,

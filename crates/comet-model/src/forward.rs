@@ -69,7 +69,11 @@ impl KvCache {
             keys: vec![Vec::new(); config.n_kv_heads],
             values: vec![Vec::new(); config.n_kv_heads],
         };
-        Self { layers: vec![layer; config.n_layers], len: 0, head_dim: config.head_dim }
+        Self {
+            layers: vec![layer; config.n_layers],
+            len: 0,
+            head_dim: config.head_dim,
+        }
     }
 
     /// Number of tokens whose keys and values are cached (the position of the next token).
@@ -123,7 +127,11 @@ impl Model {
     /// Builds a model from its parts; checks that the weights have the configured shapes.
     pub fn new(config: LlamaConfig, weights: LlamaWeights) -> Result<Self> {
         check_shapes(&config, &weights)?;
-        Ok(Self { config, weights, fixed_point: None })
+        Ok(Self {
+            config,
+            weights,
+            fixed_point: None,
+        })
     }
 
     /// Opens a GGUF file and loads the configuration and all weights.
@@ -175,7 +183,14 @@ impl Model {
 
     /// Like [`Model::forward`] but returns logits for every token, `[tokens.len(), vocab_size]`.
     pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        self.forward_with(tokens, cache, ForwardOptions { logits: LogitsMode::All, ffn_hook: None })
+        self.forward_with(
+            tokens,
+            cache,
+            ForwardOptions {
+                logits: LogitsMode::All,
+                ffn_hook: None,
+            },
+        )
     }
 
     /// The forward with explicit options; returns `[rows, vocab_size]` logits where rows is 1
@@ -189,7 +204,9 @@ impl Model {
         let c = &self.config;
         let t = tokens.len();
         if t == 0 {
-            return Err(ModelError::InvalidInput("forward needs at least one token".into()));
+            return Err(ModelError::InvalidInput(
+                "forward needs at least one token".into(),
+            ));
         }
         if let Some(bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
             return Err(ModelError::InvalidInput(format!(
@@ -201,7 +218,9 @@ impl Model {
             || cache.head_dim != c.head_dim
             || cache.layers.first().map(|l| l.keys.len()) != Some(c.n_kv_heads)
         {
-            return Err(ModelError::InvalidInput("the KV cache belongs to another model".into()));
+            return Err(ModelError::InvalidInput(
+                "the KV cache belongs to another model".into(),
+            ));
         }
         let start = cache.len;
         if start + t > c.context_length {
@@ -239,9 +258,18 @@ impl Model {
             linalg::rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut normed);
             let gate = self.linear(&normed, t, &layer.w_gate);
             let up = self.linear(&normed, t, &layer.w_up);
-            let hidden: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| linalg::silu(*g) * u).collect();
+            let hidden: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(g, u)| linalg::silu(*g) * u)
+                .collect();
             if let Some(hook) = options.ffn_hook.as_mut() {
-                hook(&FfnActivations { layer: l, tokens: t, gate: &gate, hidden: &hidden });
+                hook(&FfnActivations {
+                    layer: l,
+                    tokens: t,
+                    gate: &gate,
+                    hidden: &hidden,
+                });
             }
             let down = self.linear(&hidden, t, &layer.w_down);
             add_in_place(&mut x, &down);
@@ -253,7 +281,12 @@ impl Model {
         };
         let last = &x[(t - rows) * d..];
         let mut final_normed = vec![0.0f32; rows * d];
-        linalg::rms_norm(last, &self.weights.output_norm, c.norm_eps, &mut final_normed);
+        linalg::rms_norm(
+            last,
+            &self.weights.output_norm,
+            c.norm_eps,
+            &mut final_normed,
+        );
         Ok(self.linear(&final_normed, rows, self.weights.lm_head()))
     }
 
@@ -299,7 +332,9 @@ fn attention(c: &LlamaConfig, q: &[f32], t: usize, start: usize, lc: &LayerCache
                 let visible = start + r + 1;
                 scores.clear();
                 scores.extend(
-                    keys[..visible * hd].chunks_exact(hd).map(|kr| linalg::dot(qr, kr) * scale),
+                    keys[..visible * hd]
+                        .chunks_exact(hd)
+                        .map(|kr| linalg::dot(qr, kr) * scale),
                 );
                 linalg::softmax(&mut scores);
                 let o = &mut out[r * hd..(r + 1) * hd];

@@ -45,7 +45,10 @@ pub fn generate(
     stop_tokens: &[u32],
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<(Vec<u32>, GenerationStats)> {
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
     let mut out = Vec::new();
     if max_tokens == 0 {
         return Ok((out, stats));

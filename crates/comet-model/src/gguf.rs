@@ -73,7 +73,10 @@ impl GgufFile {
             if source.kind() == std::io::ErrorKind::NotFound {
                 ModelError::MissingFile { path: path.clone() }
             } else {
-                ModelError::Io { path: path.clone(), source }
+                ModelError::Io {
+                    path: path.clone(),
+                    source,
+                }
             }
         })?;
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
@@ -87,12 +90,17 @@ impl GgufFile {
         (&mut reader)
             .take(4)
             .read_to_end(&mut magic)
-            .map_err(|source| ModelError::Io { path: path.clone(), source })?;
+            .map_err(|source| ModelError::Io {
+                path: path.clone(),
+                source,
+            })?;
         if magic != b"GGUF" {
             return Err(ModelError::NotGguf { path, found: magic });
         }
-        std::io::Seek::rewind(&mut reader)
-            .map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        std::io::Seek::rewind(&mut reader).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let content = gguf_file::Content::read(&mut reader)
             .map_err(|err| header_error(&path, &err.to_string()))?;
         Ok(Self { path, content })
@@ -113,7 +121,9 @@ impl GgufFile {
         self.content
             .metadata
             .get(key)
-            .ok_or_else(|| ModelError::MissingMetadata { key: key.to_string() })
+            .ok_or_else(|| ModelError::MissingMetadata {
+                key: key.to_string(),
+            })
     }
 
     /// An unsigned integer metadata value (any integer width, negative values rejected).
@@ -217,16 +227,20 @@ impl GgufFile {
             .tensor_infos
             .get(name)
             .map(|info| info.shape.dims().to_vec())
-            .ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+            })
     }
 
     /// Checks that tensor `name` exists, has a supported type and the `expected` shape.
     pub fn check_tensor(&self, name: &str, expected: &[usize]) -> Result<()> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+        let info =
+            self.content
+                .tensor_infos
+                .get(name)
+                .ok_or_else(|| ModelError::MissingTensor {
+                    name: name.to_string(),
+                })?;
         if !is_supported_type(info.ggml_dtype) {
             return Err(ModelError::UnsupportedTensorType {
                 name: name.to_string(),
@@ -248,14 +262,19 @@ impl GgufFile {
     /// (row-major, outer dimension first).
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         self.check_tensor(name, expected)?;
-        let file = File::open(&self.path)
-            .map_err(|source| ModelError::Io { path: self.path.clone(), source })?;
+        let file = File::open(&self.path).map_err(|source| ModelError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         let mut reader = BufReader::new(file);
         let malformed = |err: candle_core::Error| ModelError::Malformed {
             path: self.path.clone(),
             message: format!("tensor {name}: {err}"),
         };
-        let qtensor = self.content.tensor(&mut reader, name, &Device::Cpu).map_err(malformed)?;
+        let qtensor = self
+            .content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .map_err(malformed)?;
         let values = qtensor
             .dequantize(&Device::Cpu)
             .and_then(|t| t.to_dtype(candle_core::DType::F32))
@@ -301,7 +320,10 @@ fn header_error(path: &Path, message: &str) -> ModelError {
             dtype: format!("ggml type id {id}"),
         };
     }
-    ModelError::Malformed { path: path.to_path_buf(), message: message.to_string() }
+    ModelError::Malformed {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
 }
 
 fn value_to_i64(v: &MetadataValue) -> Option<i64> {
@@ -329,6 +351,9 @@ fn value_to_usize(key: &str, v: &MetadataValue) -> Result<usize> {
 fn bad_type(key: &str, expected: &str, found: &MetadataValue) -> ModelError {
     ModelError::BadMetadata {
         key: key.to_string(),
-        message: format!("expected {expected}, found a value of type {:?}", found.value_type()),
+        message: format!(
+            "expected {expected}, found a value of type {:?}",
+            found.value_type()
+        ),
     }
 }

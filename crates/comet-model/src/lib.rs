@@ -43,7 +43,11 @@ pub fn load(path: impl AsRef<Path>) -> Result<(Model, Tokenizer)> {
 /// The repository root this crate was built from (two levels above its manifest).
 pub fn repo_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.ancestors().nth(2).unwrap_or(manifest).to_path_buf()
+    manifest
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest)
+        .to_path_buf()
 }
 
 /// Where the default model is looked for, in order: `$COMET_MODEL`, `./models/<file>`,
@@ -68,7 +72,10 @@ pub fn find_default_model() -> Option<PathBuf> {
 pub fn default_model_path() -> PathBuf {
     find_default_model().unwrap_or_else(|| {
         let candidates = default_model_candidates();
-        if std::env::var_os(MODEL_ENV_VAR).filter(|p| !p.is_empty()).is_some() {
+        if std::env::var_os(MODEL_ENV_VAR)
+            .filter(|p| !p.is_empty())
+            .is_some()
+        {
             candidates[0].clone()
         } else {
             repo_root().join("models").join(DEFAULT_MODEL_FILE)

@@ -21,7 +21,10 @@ const MB: usize = 64;
 ///
 /// Panics if a slice is shorter than its shape says (internal callers guarantee the shapes).
 pub fn matmul_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_nt shapes");
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        "matmul_nt shapes"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -31,11 +34,21 @@ pub fn matmul_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [
     }
     if m == 1 {
         // One input row: output blocks are contiguous, write them in place.
-        out[..n].par_chunks_mut(NB).enumerate().for_each(|(b, chunk)| {
-            let j0 = b * NB;
-            let nb = chunk.len();
-            Arch::new().dispatch(BlockKernel { x, w: &w[j0 * k..(j0 + nb) * k], m: 1, k, nb, out_t: chunk });
-        });
+        out[..n]
+            .par_chunks_mut(NB)
+            .enumerate()
+            .for_each(|(b, chunk)| {
+                let j0 = b * NB;
+                let nb = chunk.len();
+                Arch::new().dispatch(BlockKernel {
+                    x,
+                    w: &w[j0 * k..(j0 + nb) * k],
+                    m: 1,
+                    k,
+                    nb,
+                    out_t: chunk,
+                });
+            });
         return;
     }
     let m_blocks = m.div_ceil(MB);
@@ -100,7 +113,14 @@ impl WithSimd for BlockKernel<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let BlockKernel { x, w, m, k, nb, out_t } = self;
+        let BlockKernel {
+            x,
+            w,
+            m,
+            k,
+            nb,
+            out_t,
+        } = self;
         let mut i = 0;
         while i < m {
             let mr = MR.min(m - i);
@@ -274,7 +294,10 @@ mod tests {
             matmul_nt(&x, &w, m, k, n, &mut out);
             let reference = matmul_nt_reference(&x, &w, m, k, n);
             for (a, b) in out.iter().zip(&reference) {
-                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{m}x{k}x{n}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{m}x{k}x{n}: {a} vs {b}"
+                );
             }
         }
     }

@@ -16,7 +16,11 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -33,7 +37,10 @@ impl Sampler {
         let mut seed = [0u8; 16];
         seed[..8].copy_from_slice(&params.seed.to_le_bytes());
         seed[8..].copy_from_slice(b"cmt-samp");
-        Self { params, prg: Prg::from_seed(seed) }
+        Self {
+            params,
+            prg: Prg::from_seed(seed),
+        }
     }
 
     /// Picks the next token from `logits` (one value per vocabulary entry).
@@ -102,7 +109,11 @@ mod tests {
     #[test]
     fn sampling_follows_the_distribution_and_top_p_cuts_the_tail() {
         let logits = [2f32.ln(), 1f32.ln(), 1f32.ln()]; // probabilities 1/2, 1/4, 1/4
-        let params = SamplingParams { temperature: 1.0, top_p: 1.0, seed: 7 };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 7,
+        };
         let mut s = Sampler::new(params);
         let n = 20_000;
         let mut counts = [0usize; 3];
@@ -112,7 +123,10 @@ mod tests {
         for (c, p) in counts.iter().zip([0.5, 0.25, 0.25]) {
             assert!((*c as f64 / n as f64 - p).abs() < 0.02, "{counts:?}");
         }
-        let mut nucleus = Sampler::new(SamplingParams { top_p: 0.5, ..params });
+        let mut nucleus = Sampler::new(SamplingParams {
+            top_p: 0.5,
+            ..params
+        });
         assert!((0..1000).all(|_| nucleus.sample(&logits) == 0));
         let mut a = Sampler::new(params);
         let mut b = Sampler::new(params);

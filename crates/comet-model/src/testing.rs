@@ -66,7 +66,13 @@ impl Default for TinyLlamaOptions {
 /// Writes a valid tiny random llama GGUF (tied LM head, mixed F32/F16/Q8_0/Q4_1 tensors,
 /// byte-level BPE tokenizer with merges and ChatML control tokens) to `path`.
 pub fn write_tiny_llama_gguf(path: impl AsRef<Path>, seed: u64) -> Result<()> {
-    write_tiny_llama_gguf_with(path, &TinyLlamaOptions { seed, ..Default::default() })
+    write_tiny_llama_gguf_with(
+        path,
+        &TinyLlamaOptions {
+            seed,
+            ..Default::default()
+        },
+    )
 }
 
 /// GPT-2's reversible byte → printable-character map used by byte-level BPE vocabularies.
@@ -98,7 +104,10 @@ pub fn tiny_vocabulary() -> Vec<String> {
 /// Like [`write_tiny_llama_gguf`] with explicit options.
 pub fn write_tiny_llama_gguf_with(path: impl AsRef<Path>, opts: &TinyLlamaOptions) -> Result<()> {
     let path = path.as_ref();
-    let write_err = |message: String| ModelError::Write { path: path.to_path_buf(), message };
+    let write_err = |message: String| ModelError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
     let tokens = tiny_vocabulary();
     let vocab = tokens.len();
     let (d, f) = (TINY_D_MODEL, TINY_FFN);
@@ -112,11 +121,29 @@ pub fn write_tiny_llama_gguf_with(path: impl AsRef<Path>, opts: &TinyLlamaOption
 
     // (name, shape, type, centre, scale): values are centre + scale * uniform(-1, 1).
     let mut plan: Vec<(String, Vec<usize>, GgmlDType, f32, f32)> = vec![
-        ("token_embd.weight".into(), vec![vocab, d], GgmlDType::Q8_0, 0.0, 1.0),
-        ("output_norm.weight".into(), vec![d], GgmlDType::F32, 1.0, 0.2),
+        (
+            "token_embd.weight".into(),
+            vec![vocab, d],
+            GgmlDType::Q8_0,
+            0.0,
+            1.0,
+        ),
+        (
+            "output_norm.weight".into(),
+            vec![d],
+            GgmlDType::F32,
+            1.0,
+            0.2,
+        ),
     ];
     if !opts.tied_lm_head {
-        plan.push(("output.weight".into(), vec![vocab, d], GgmlDType::F16, 0.0, 0.3));
+        plan.push((
+            "output.weight".into(),
+            vec![vocab, d],
+            GgmlDType::F16,
+            0.0,
+            0.3,
+        ));
     }
     let lin = |fan_in: usize| 1.5 / (fan_in as f32).sqrt();
     for l in 0..TINY_LAYERS {
@@ -160,36 +187,55 @@ pub fn write_tiny_llama_gguf_with(path: impl AsRef<Path>, opts: &TinyLlamaOption
     let mut types = vec![Value::I32(3); TINY_SPECIAL_TOKENS.len()];
     types.resize(vocab, Value::I32(1));
     let metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String(opts.architecture.clone())),
-        ("general.name", Value::String("comet tiny random llama".into())),
+        (
+            "general.architecture",
+            Value::String(opts.architecture.clone()),
+        ),
+        (
+            "general.name",
+            Value::String("comet tiny random llama".into()),
+        ),
         ("llama.block_count", Value::U32(TINY_LAYERS as u32)),
         ("llama.context_length", Value::U32(TINY_CONTEXT as u32)),
         ("llama.embedding_length", Value::U32(d as u32)),
         ("llama.feed_forward_length", Value::U32(f as u32)),
         ("llama.attention.head_count", Value::U32(TINY_HEADS as u32)),
-        ("llama.attention.head_count_kv", Value::U32(TINY_KV_HEADS as u32)),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(TINY_KV_HEADS as u32),
+        ),
         ("llama.rope.freq_base", Value::F32(10_000.0)),
         ("llama.rope.dimension_count", Value::U32(hd as u32)),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         ("llama.vocab_size", Value::U32(vocab as u32)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("smollm".into())),
-        ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
         ("tokenizer.ggml.token_type", Value::Array(types)),
         (
             "tokenizer.ggml.merges",
-            Value::Array(TINY_MERGES.iter().map(|m| Value::String(m.to_string())).collect()),
+            Value::Array(
+                TINY_MERGES
+                    .iter()
+                    .map(|m| Value::String(m.to_string()))
+                    .collect(),
+            ),
         ),
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
-        ("tokenizer.chat_template", Value::String(TINY_CHAT_TEMPLATE.into())),
+        (
+            "tokenizer.chat_template",
+            Value::String(TINY_CHAT_TEMPLATE.into()),
+        ),
     ];
     let md_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(path).map_err(|e| write_err(e.to_string()))?,
-    );
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| write_err(e.to_string()))?);
     gguf_file::write(&mut file, &md_refs, &t_refs).map_err(|e| write_err(e.to_string()))?;
     std::io::Write::flush(&mut file).map_err(|e| write_err(e.to_string()))?;
     Ok(())

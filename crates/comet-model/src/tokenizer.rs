@@ -22,7 +22,13 @@ pub const TOKEN_TYPE_CONTROL: i64 = 3;
 pub const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 /// Token texts that end a generation when they are control tokens.
-const END_MARKERS: [&str; 5] = ["<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>", "<|end_of_text|>"];
+const END_MARKERS: [&str; 5] = [
+    "<|im_end|>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+];
 
 /// The tokenizer of a GGUF model.
 #[derive(Clone)]
@@ -83,14 +89,22 @@ impl Tokenizer {
                 Some(id) if id < tokens.len() => Ok(Some(id as u32)),
                 Some(id) => Err(ModelError::BadMetadata {
                     key: key.into(),
-                    message: format!("token id {id} is outside the vocabulary of {}", tokens.len()),
+                    message: format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        tokens.len()
+                    ),
                 }),
             }
         };
         let bos = id_of("tokenizer.ggml.bos_token_id")?;
         let eos = id_of("tokenizer.ggml.eos_token_id")?;
-        let add_bos = gguf.get_bool_opt("tokenizer.ggml.add_bos_token")?.unwrap_or(false) && bos.is_some();
-        let chat_template = gguf.get_str_opt("tokenizer.chat_template")?.map(str::to_string);
+        let add_bos = gguf
+            .get_bool_opt("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(false)
+            && bos.is_some();
+        let chat_template = gguf
+            .get_str_opt("tokenizer.chat_template")?
+            .map(str::to_string);
         Self::from_parts(&tokens, &types, merges, bos, eos, add_bos, chat_template)
     }
 
@@ -133,7 +147,9 @@ impl Tokenizer {
                     special.push(AddedToken::from(tok.to_string(), true));
                     special_ids.push(id as u32);
                 }
-                TOKEN_TYPE_USER_DEFINED => user_defined.push(AddedToken::from(tok.to_string(), false)),
+                TOKEN_TYPE_USER_DEFINED => {
+                    user_defined.push(AddedToken::from(tok.to_string(), false))
+                }
                 _ => {}
             }
         }
@@ -252,13 +268,20 @@ impl Tokenizer {
         if let Some(system) = self.default_system_prompt() {
             out.push_str(&format!("<|im_start|>system\n{system}<|im_end|>\n"));
         }
-        out.push_str(&format!("<|im_start|>user\n{user_prompt}<|im_end|>\n<|im_start|>assistant\n"));
+        out.push_str(&format!(
+            "<|im_start|>user\n{user_prompt}<|im_end|>\n<|im_start|>assistant\n"
+        ));
         out
     }
 
     /// A decoder that turns generated ids into text pieces as soon as they form valid UTF-8.
     pub fn streamer(&self) -> TextStreamer<'_> {
-        TextStreamer { tokenizer: self, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+        TextStreamer {
+            tokenizer: self,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
     }
 }
 
@@ -275,7 +298,9 @@ impl TextStreamer<'_> {
     /// Adds one token; returns the text it completes (empty while a multi-byte character is split).
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.ids.push(id);
-        let before = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let before = self
+            .tokenizer
+            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
         let now = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
         if now.len() <= before.len() || now.ends_with('\u{FFFD}') {
             return Ok(String::new());
@@ -284,8 +309,14 @@ impl TextStreamer<'_> {
             Some(tail) => tail.to_string(),
             // Decoding the longer run changed earlier text; emit from the first byte that differs.
             None => {
-                let common = now.char_indices().zip(before.chars()).take_while(|((_, a), b)| a == b);
-                let at = common.last().map(|((i, c), _)| i + c.len_utf8()).unwrap_or(0);
+                let common = now
+                    .char_indices()
+                    .zip(before.chars())
+                    .take_while(|((_, a), b)| a == b);
+                let at = common
+                    .last()
+                    .map(|((i, c), _)| i + c.len_utf8())
+                    .unwrap_or(0);
                 now[at..].to_string()
             }
         };

@@ -93,7 +93,11 @@ impl LlamaWeights {
         let mut values = gguf.read_many_f32(&names)?.into_iter();
         let mut next_matrix = |shape: &[usize]| -> Matrix {
             let data = values.next().unwrap_or_default();
-            Matrix { rows: shape[0], cols: shape[1], data }
+            Matrix {
+                rows: shape[0],
+                cols: shape[1],
+                data,
+            }
         };
         let d = config.d_model;
         let token_embedding = next_matrix(&[config.vocab_size, d]);
@@ -117,7 +121,12 @@ impl LlamaWeights {
                 w_down: next_matrix(&[d, f]),
             })
             .collect();
-        Ok(Self { token_embedding, layers, output_norm, lm_head })
+        Ok(Self {
+            token_embedding,
+            layers,
+            output_norm,
+            lm_head,
+        })
     }
 
     /// Rounds every linear-layer weight (embedding, projections, LM head) to the nearest

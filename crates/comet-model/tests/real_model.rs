@@ -34,15 +34,22 @@ macro_rules! require_model {
     };
 }
 
-const PROMPT: &str = "The quick brown fox jumps over the lazy dog. In 2024, researchers found that \
+const PROMPT: &str =
+    "The quick brown fox jumps over the lazy dog. In 2024, researchers found that \
     private inference with two servers can be practical:\tit needs 3 rounds.";
 
 #[test]
 fn real_config_is_smollm2_135m() {
     let (_, model, tok) = require_model!();
     let c = model.config();
-    assert_eq!((c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim), (30, 576, 9, 3, 64));
-    assert_eq!((c.ffn_dim, c.vocab_size, c.context_length), (1536, 49152, 8192));
+    assert_eq!(
+        (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim),
+        (30, 576, 9, 3, 64)
+    );
+    assert_eq!(
+        (c.ffn_dim, c.vocab_size, c.context_length),
+        (1536, 49152, 8192)
+    );
     assert!(c.tied_lm_head);
     assert_eq!(c.n_params(), 134_515_008);
     assert_eq!(tok.eos_token_id(), Some(2));
@@ -80,7 +87,10 @@ fn real_forward_matches_candle() {
     let ours = model.forward(&tokens, &mut model.new_cache()).unwrap();
     let reference = common::candle_last_logits(path, &tokens);
     let diff = common::max_abs_diff(&ours, &reference);
-    eprintln!("real model, {} tokens: max |ours - candle| = {diff:e}", tokens.len());
+    eprintln!(
+        "real model, {} tokens: max |ours - candle| = {diff:e}",
+        tokens.len()
+    );
     assert!(diff <= 1e-3, "max |ours - candle| = {diff}");
 }
 
@@ -94,7 +104,9 @@ fn real_kv_cache_decode_equals_recompute() {
     let mut worst = 0.0f32;
     for i in split..tokens.len() {
         let step = model.forward(&tokens[i..=i], &mut cache).unwrap();
-        let fresh = model.forward(&tokens[..=i], &mut model.new_cache()).unwrap();
+        let fresh = model
+            .forward(&tokens[..=i], &mut model.new_cache())
+            .unwrap();
         worst = worst.max(common::max_abs_diff(&step, &fresh));
     }
     eprintln!("real model: max |decode - recompute| = {worst:e}");
@@ -106,9 +118,15 @@ fn real_greedy_knows_the_capital_of_france() {
     let (_, model, tok) = require_model!();
     let prompt = tok.encode("The capital of France is").unwrap();
     let mut sampler = comet_model::Sampler::new(comet_model::SamplingParams::default());
-    let (out, _) =
-        comet_model::generate(model, &prompt, 3, &mut sampler, &tok.stop_token_ids(), |_| Ok(()))
-            .unwrap();
+    let (out, _) = comet_model::generate(
+        model,
+        &prompt,
+        3,
+        &mut sampler,
+        &tok.stop_token_ids(),
+        |_| Ok(()),
+    )
+    .unwrap();
     let text = tok.decode(&out).unwrap();
     assert!(text.starts_with(" Paris"), "continuation {text:?}");
 }

@@ -27,7 +27,8 @@ fn tiny(name: &str, opts: &TinyLlamaOptions) -> PathBuf {
 
 fn tiny_default() -> PathBuf {
     static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| tiny("tiny-default.gguf", &TinyLlamaOptions::default())).clone()
+    PATH.get_or_init(|| tiny("tiny-default.gguf", &TinyLlamaOptions::default()))
+        .clone()
 }
 
 fn load_err(path: &Path) -> ModelError {
@@ -42,7 +43,14 @@ fn loads_config_and_weights() {
     let (model, tokenizer) = comet_model::load(tiny_default()).expect("load");
     let c = model.config();
     assert_eq!(
-        (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim),
+        (
+            c.n_layers,
+            c.d_model,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            c.ffn_dim
+        ),
         (2, 64, 4, 2, 16, 96)
     );
     assert_eq!(c.vocab_size, testing::tiny_vocabulary().len());
@@ -53,7 +61,13 @@ fn loads_config_and_weights() {
     assert!((c.rope_base - 10_000.0).abs() < 1e-9 && (c.norm_eps - 1e-5).abs() < 1e-9);
     assert_eq!(tokenizer.vocab_size(), c.vocab_size);
 
-    let untied = tiny("tiny-untied.gguf", &TinyLlamaOptions { tied_lm_head: false, ..Default::default() });
+    let untied = tiny(
+        "tiny-untied.gguf",
+        &TinyLlamaOptions {
+            tied_lm_head: false,
+            ..Default::default()
+        },
+    );
     let (model, _) = comet_model::load(untied).expect("load untied");
     assert!(!model.config().tied_lm_head && model.weights().lm_head.is_some());
 }
@@ -61,7 +75,9 @@ fn loads_config_and_weights() {
 #[test]
 fn dequantizes_every_supported_type_within_its_error_bound() {
     let n = 4 * 64;
-    let values: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 1.7).collect();
+    let values: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 1.7)
+        .collect();
     let tensor = Tensor::from_vec(values.clone(), (4, 64), &Device::Cpu).unwrap();
     let cases = [
         (GgmlDType::F32, 0.0f32),
@@ -89,7 +105,10 @@ fn dequantizes_every_supported_type_within_its_error_bound() {
         }
     }
     let summary = gguf.tensors();
-    assert_eq!(summary.iter().map(|t| t.dtype).collect::<Vec<_>>(), ["F16", "F32", "Q4_0", "Q4_1", "Q8_0"]);
+    assert_eq!(
+        summary.iter().map(|t| t.dtype).collect::<Vec<_>>(),
+        ["F16", "F32", "Q4_0", "Q4_1", "Q8_0"]
+    );
 }
 
 #[test]
@@ -119,15 +138,27 @@ fn truncated_files_are_malformed() {
     for cut in [100, bytes.len() - 1000] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let err = load_err(&path);
-        assert!(matches!(err, ModelError::Malformed { .. }), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, ModelError::Malformed { .. }),
+            "cut at {cut}: {err}"
+        );
     }
 }
 
 #[test]
 fn unsupported_architecture_is_reported() {
-    let path = tiny("tiny-gpt2.gguf", &TinyLlamaOptions { architecture: "gpt2".into(), ..Default::default() });
+    let path = tiny(
+        "tiny-gpt2.gguf",
+        &TinyLlamaOptions {
+            architecture: "gpt2".into(),
+            ..Default::default()
+        },
+    );
     let err = load_err(&path);
-    assert!(matches!(&err, ModelError::UnsupportedArchitecture { found } if found == "gpt2"), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnsupportedArchitecture { found } if found == "gpt2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -135,7 +166,10 @@ fn unsupported_tensor_types_are_reported() {
     let name = "blk.0.attn_k.weight";
     let path = tiny(
         "tiny-q8_1.gguf",
-        &TinyLlamaOptions { dtype_override: Some((name.into(), GgmlDType::Q8_1)), ..Default::default() },
+        &TinyLlamaOptions {
+            dtype_override: Some((name.into(), GgmlDType::Q8_1)),
+            ..Default::default()
+        },
     );
     let err = load_err(&path);
     assert!(
@@ -146,9 +180,16 @@ fn unsupported_tensor_types_are_reported() {
     // A type id no parser knows: patch the dtype field of one tensor-table entry.
     let mut bytes = std::fs::read(tiny_default()).unwrap();
     let needle = b"blk.0.attn_v.weight";
-    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("tensor entry");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("tensor entry");
     let dtype_at = at + needle.len() + 4 + 2 * 8; // name, n_dims (u32), two u64 dims
-    assert_eq!(u32::from_le_bytes(bytes[dtype_at..dtype_at + 4].try_into().unwrap()), 0, "F32 id");
+    assert_eq!(
+        u32::from_le_bytes(bytes[dtype_at..dtype_at + 4].try_into().unwrap()),
+        0,
+        "F32 id"
+    );
     bytes[dtype_at..dtype_at + 4].copy_from_slice(&99u32.to_le_bytes());
     let patched = temp_dir().join("tiny-type99.gguf");
     std::fs::write(&patched, bytes).unwrap();
@@ -162,9 +203,18 @@ fn unsupported_tensor_types_are_reported() {
 #[test]
 fn missing_tensor_is_reported() {
     let name = "blk.1.ffn_down.weight";
-    let path = tiny("tiny-missing.gguf", &TinyLlamaOptions { omit_tensor: Some(name.into()), ..Default::default() });
+    let path = tiny(
+        "tiny-missing.gguf",
+        &TinyLlamaOptions {
+            omit_tensor: Some(name.into()),
+            ..Default::default()
+        },
+    );
     let err = load_err(&path);
-    assert!(matches!(&err, ModelError::MissingTensor { name: n } if n == name), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingTensor { name: n } if n == name),
+        "{err}"
+    );
 }
 
 #[test]
@@ -172,7 +222,10 @@ fn misshaped_tensor_is_reported() {
     let name = "blk.0.attn_k.weight";
     let path = tiny(
         "tiny-shape.gguf",
-        &TinyLlamaOptions { reshape_tensor: Some((name.into(), vec![64, 64])), ..Default::default() },
+        &TinyLlamaOptions {
+            reshape_tensor: Some((name.into(), vec![64, 64])),
+            ..Default::default()
+        },
     );
     let err = load_err(&path);
     assert!(
@@ -187,13 +240,28 @@ fn bad_inputs_are_errors_not_panics() {
     let (model, _) = comet_model::load(tiny_default()).unwrap();
     let mut cache = model.new_cache();
     let vocab = model.config().vocab_size as u32;
-    assert!(matches!(model.forward(&[vocab], &mut cache), Err(ModelError::InvalidInput(_))));
-    assert!(matches!(model.forward(&[], &mut cache), Err(ModelError::InvalidInput(_))));
+    assert!(matches!(
+        model.forward(&[vocab], &mut cache),
+        Err(ModelError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        model.forward(&[], &mut cache),
+        Err(ModelError::InvalidInput(_))
+    ));
     let too_long = vec![5u32; testing::TINY_CONTEXT + 1];
-    assert!(matches!(model.forward(&too_long, &mut cache), Err(ModelError::InvalidInput(_))));
+    assert!(matches!(
+        model.forward(&too_long, &mut cache),
+        Err(ModelError::InvalidInput(_))
+    ));
     assert!(cache.is_empty(), "failed calls must not touch the cache");
-    let other = comet_model::LlamaConfig { n_layers: 3, ..model.config().clone() };
-    assert!(matches!(model.forward(&[1], &mut KvCache::new(&other)), Err(ModelError::InvalidInput(_))));
+    let other = comet_model::LlamaConfig {
+        n_layers: 3,
+        ..model.config().clone()
+    };
+    assert!(matches!(
+        model.forward(&[1], &mut KvCache::new(&other)),
+        Err(ModelError::InvalidInput(_))
+    ));
 }
 
 fn tiny_tokenizer() -> Tokenizer {
@@ -223,7 +291,10 @@ fn tiny_tokenizer_round_trips_and_applies_merges() {
     assert_eq!(ids.last(), Some(&2));
     assert_eq!(tok.eos_token_id(), Some(2));
     assert!(tok.stop_token_ids().contains(&0) && tok.stop_token_ids().contains(&2));
-    assert_eq!(tok.default_system_prompt().as_deref(), Some("You are tiny."));
+    assert_eq!(
+        tok.default_system_prompt().as_deref(),
+        Some("You are tiny.")
+    );
     assert_eq!(
         tok.chat_prompt("hello"),
         "<|im_start|>system\nYou are tiny.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
@@ -260,7 +331,9 @@ fn forward_matches_candle_on_tiny_model() {
 #[test]
 fn kv_cache_decode_equals_recomputing_the_prefix() {
     let (model, tok) = comet_model::load(tiny_default()).unwrap();
-    let tokens = tok.encode("the quick brown fox jumps over 13 lazy dogs").unwrap();
+    let tokens = tok
+        .encode("the quick brown fox jumps over 13 lazy dogs")
+        .unwrap();
     assert!(tokens.len() > 12);
     let all = model.forward_all(&tokens, &mut model.new_cache()).unwrap();
     let vocab = model.config().vocab_size;
@@ -272,7 +345,9 @@ fn kv_cache_decode_equals_recomputing_the_prefix() {
     for i in 5..tokens.len() {
         let step = model.forward(&tokens[i..=i], &mut cache).unwrap();
         assert_eq!(cache.len(), i + 1);
-        let fresh = model.forward(&tokens[..=i], &mut model.new_cache()).unwrap();
+        let fresh = model
+            .forward(&tokens[..=i], &mut model.new_cache())
+            .unwrap();
         assert!(common::max_abs_diff(&step, &fresh) < 1e-4, "position {i}");
         assert!(common::max_abs_diff(&step, &all[i * vocab..(i + 1) * vocab]) < 1e-4);
     }
@@ -297,8 +372,13 @@ fn ffn_hook_sees_every_layer() {
         }
         seen.push((a.layer, a.tokens));
     };
-    let opts = ForwardOptions { logits: LogitsMode::All, ffn_hook: Some(&mut hook) };
-    let logits = model.forward_with(&tokens, &mut model.new_cache(), opts).unwrap();
+    let opts = ForwardOptions {
+        logits: LogitsMode::All,
+        ffn_hook: Some(&mut hook),
+    };
+    let logits = model
+        .forward_with(&tokens, &mut model.new_cache(), opts)
+        .unwrap();
     assert_eq!(logits.len(), tokens.len() * model.config().vocab_size);
     assert_eq!(seen, vec![(0, tokens.len()), (1, tokens.len())]);
 }
@@ -316,7 +396,11 @@ fn fixed_point_simulation_rounds_and_stays_close() {
     let l16 = fixed16.forward(&tokens, &mut fixed16.new_cache()).unwrap();
     let l4 = fixed4.forward(&tokens, &mut fixed4.new_cache()).unwrap();
     for l in &l16 {
-        assert_eq!((*l as f64 * 65536.0).fract(), 0.0, "LM head output on the 2^-16 grid");
+        assert_eq!(
+            (*l as f64 * 65536.0).fract(),
+            0.0,
+            "LM head output on the 2^-16 grid"
+        );
     }
     let d16 = common::max_abs_diff(&float, &l16);
     let d4 = common::max_abs_diff(&float, &l4);
@@ -329,8 +413,12 @@ fn generation_is_greedy_deterministic_and_stops() {
     let (model, tok) = comet_model::load(tiny_default()).unwrap();
     let prompt = tok.encode("the").unwrap();
     let mut greedy = Sampler::new(SamplingParams::default());
-    let (out, stats) = comet_model::generate(&model, &prompt, 6, &mut greedy, &[], |_| Ok(())).unwrap();
-    assert_eq!((out.len(), stats.generated_tokens, stats.prompt_tokens), (6, 6, prompt.len()));
+    let (out, stats) =
+        comet_model::generate(&model, &prompt, 6, &mut greedy, &[], |_| Ok(())).unwrap();
+    assert_eq!(
+        (out.len(), stats.generated_tokens, stats.prompt_tokens),
+        (6, 6, prompt.len())
+    );
     // Greedy equals argmax of a fresh forward over each prefix.
     let mut seq = prompt.clone();
     for &id in &out {
@@ -344,9 +432,17 @@ fn generation_is_greedy_deterministic_and_stops() {
     assert_eq!(stopped, vec![out[0]]);
     assert!(stats.stopped_at_stop_token);
     // Sampling is reproducible from the seed.
-    let params = SamplingParams { temperature: 1.0, top_p: 0.9, seed: 42 };
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.9,
+        seed: 42,
+    };
     let run = || {
-        comet_model::generate(&model, &prompt, 8, &mut Sampler::new(params), &[], |_| Ok(())).unwrap().0
+        comet_model::generate(&model, &prompt, 8, &mut Sampler::new(params), &[], |_| {
+            Ok(())
+        })
+        .unwrap()
+        .0
     };
     assert_eq!(run(), run());
 }

@@ -17,13 +17,21 @@ pub fn candle_last_logits(path: &Path, tokens: &[u32]) -> Vec<f32> {
     let content = gguf_file::Content::read(&mut file).expect("parse gguf");
     let device = Device::Cpu;
     let mut model = ModelWeights::from_gguf(content, &mut file, &device).expect("candle model");
-    let input = Tensor::new(tokens, &device).and_then(|t| t.unsqueeze(0)).expect("input");
+    let input = Tensor::new(tokens, &device)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input");
     let logits = model.forward(&input, 0).expect("candle forward");
-    logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("logits")
+    logits
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("logits")
 }
 
 /// Largest absolute difference of two equally long vectors.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
