@@ -17,7 +17,9 @@ pub mod error;
 pub mod lut;
 pub mod nonlinear;
 pub mod party;
+pub mod shuffle;
 pub mod testing;
+pub mod trunc;
 
 pub use error::ProtocolError;
 pub use party::Party;

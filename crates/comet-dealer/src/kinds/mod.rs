@@ -10,6 +10,8 @@ pub mod compare;
 pub mod lut;
 pub mod matmul;
 pub mod nonlinear;
+pub mod shuffle;
+pub mod trunc;
 
 use crate::{CorrelationKind, DealerError, GenContext};
 use comet_core::{Prg, Seed};
@@ -25,6 +27,8 @@ pub fn generate_by_tag(tag: u8, params: &[u8], ctx: &mut GenContext) -> Result<[
         compare::ReluKeys::TAG => generate::<compare::ReluKeys>(params, ctx),
         compare::CompactReluKeys::TAG => generate::<compare::CompactReluKeys>(params, ctx),
         lut::LutKeys::TAG => generate::<lut::LutKeys>(params, ctx),
+        trunc::TruncMask::TAG => generate::<trunc::TruncMask>(params, ctx),
+        shuffle::ShuffleMask::TAG => generate::<shuffle::ShuffleMask>(params, ctx),
         nonlinear::GatedLutKeys::TAG => generate::<nonlinear::GatedLutKeys>(params, ctx),
         nonlinear::MultiReluKeys::TAG => generate::<nonlinear::MultiReluKeys>(params, ctx),
         attention::AttnScoreMask::TAG => generate::<attention::AttnScoreMask>(params, ctx),
