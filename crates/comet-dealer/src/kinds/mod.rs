@@ -31,6 +31,7 @@ pub fn generate_by_tag(tag: u8, params: &[u8], ctx: &mut GenContext) -> Result<[
         shuffle::ShuffleMask::TAG => generate::<shuffle::ShuffleMask>(params, ctx),
         nonlinear::GatedLutKeys::TAG => generate::<nonlinear::GatedLutKeys>(params, ctx),
         nonlinear::MultiReluKeys::TAG => generate::<nonlinear::MultiReluKeys>(params, ctx),
+        nonlinear::ExpPairKeys::TAG => generate::<nonlinear::ExpPairKeys>(params, ctx),
         attention::AttnScoreMask::TAG => generate::<attention::AttnScoreMask>(params, ctx),
         attention::AttnValueMask::TAG => generate::<attention::AttnValueMask>(params, ctx),
         attention::ClientInputMask::TAG => generate::<attention::ClientInputMask>(params, ctx),

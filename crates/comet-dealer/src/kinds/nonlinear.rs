@@ -345,3 +345,225 @@ impl CorrelationKind for MultiReluKeys {
         Ok(MultiReluKeys { r: mask, relu })
     }
 }
+
+/// Public parameters of the two-table exponential (`comet_protocols::nonlinear::exp_neg_wide`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpPairParams {
+    /// Number of elements.
+    pub n: usize,
+    /// Signed width of the gate comparison.
+    pub cmp_bits: u32,
+    /// Low split `L`: the low table is indexed by `x mod 2^L` (a DPF on `L + 1` bits).
+    pub low_bits: u32,
+    /// Index width of the high table (indexed by bits `L..L+m` of `x`).
+    pub high_bits: u32,
+}
+
+impl ExpPairParams {
+    fn validate(&self) -> Result<(), DealerError> {
+        check_size("exponential elements", self.n)?;
+        if !(2..=64).contains(&self.cmp_bits)
+            || !(1..MAX_LUT_BITS).contains(&self.low_bits)
+            || !(1..=MAX_LUT_BITS).contains(&self.high_bits)
+            || self.low_bits + self.high_bits > 64
+        {
+            return Err(DealerError::InvalidParams(format!(
+                "exponential tables {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A server's half of the two-table exponential `g·T_hi[j]·T_lo[u]`.
+///
+/// Two DPFs give `v_1 = s_1·T_hi[j]` (at `(r >> L) mod 2^m`) and `v_2 = s_2·T_lo[u]` (at
+/// `r mod 2^L`, on `L + 1` bits so that `u = (x̂ mod 2^L) − (r mod 2^L)` is exact). A Beaver
+/// pair `(a, b, c = a·b)` multiplies them; the gate `g = 1{x ≥ c_gate}` and the sign
+/// `s = s_1·s_2` are folded into the four words `W = s·(1, b, a, c)` carried by two DCF keys
+/// (payload `(1 − 2q)·W`, the DReLU identity), so after opening `e_1 = v_1 − a`,
+/// `e_2 = v_2 − b` the output `e_1e_2·[gW_0] + e_1·[gW_1] + e_2·[gW_2] + [gW_3]` equals
+/// `g·s·v_1·v_2 = g·T_hi[j]·T_lo[u]`.
+#[derive(Clone, Debug)]
+pub struct ExpPairKeys {
+    /// Share of the input mask `r`.
+    pub r: Vec<u64>,
+    /// Shares of the Beaver masks `a` and `b`.
+    pub a: Vec<u64>,
+    /// See `a`.
+    pub b: Vec<u64>,
+    /// Shares of `W` (4 words per element).
+    pub w: Vec<[u64; 4]>,
+    /// Shares of `q·W`.
+    pub qw: Vec<[u64; 4]>,
+    /// DCF keys with payload `(1 − 2q)·(W_0, W_1)`.
+    pub cmp_a: Vec<DcfKey<2>>,
+    /// DCF keys with payload `(1 − 2q)·(W_2, W_3)`.
+    pub cmp_b: Vec<DcfKey<2>>,
+    /// DPF keys of the high table.
+    pub dpf_high: Vec<DpfKey>,
+    /// DPF keys of the low table.
+    pub dpf_low: Vec<DpfKey>,
+}
+
+fn quads(flat: &[u64]) -> Vec<[u64; 4]> {
+    flat.chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect()
+}
+
+impl CorrelationKind for ExpPairKeys {
+    type Params = ExpPairParams;
+    const TAG: u8 = 62;
+    const NAME: &'static str = "two-table exponential";
+
+    fn encode_params(p: &ExpPairParams, w: &mut Writer) {
+        w.u32(p.n as u32)
+            .u8(p.cmp_bits as u8)
+            .u8(p.low_bits as u8)
+            .u8(p.high_bits as u8);
+    }
+
+    fn decode_params(r: &mut Reader) -> Result<ExpPairParams, DealerError> {
+        let p = ExpPairParams {
+            n: r.u32()? as usize,
+            cmp_bits: r.u8()? as u32,
+            low_bits: r.u8()? as u32,
+            high_bits: r.u8()? as u32,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
+    fn generate(p: &ExpPairParams, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+        p.validate()?;
+        let n = p.n;
+        let (r, r_s0, r_s1) = seeded_uniform(n, ctx.prg);
+        let (a, a_s0, a_s1) = seeded_uniform(n, ctx.prg);
+        let (b, b_s0, b_s1) = seeded_uniform(n, ctx.prg);
+        let low_mask = ring::mask_bits(p.cmp_bits - 1);
+        let mut w = Vec::with_capacity(4 * n);
+        let mut qw = Vec::with_capacity(4 * n);
+        let mut keys: [Vec<(Vec<u8>, Vec<u8>)>; 4] = Default::default();
+        for i in 0..n {
+            let hi_alpha = (r[i] >> p.low_bits) & ring::mask_bits(p.high_bits);
+            let lo_alpha = r[i] & ring::mask_bits(p.low_bits);
+            let (h0, h1) = dpf_gen(hi_alpha, p.high_bits, ctx.prg);
+            let (l0, l1) = dpf_gen(lo_alpha, p.low_bits + 1, ctx.prg);
+            let sign_of = |k: &DpfKey, alpha: u64| {
+                if dpf_eval_bit(PartyId::P0, k, alpha) == 1 {
+                    1u64
+                } else {
+                    u64::MAX
+                }
+            };
+            let s = sign_of(&h0, hi_alpha).wrapping_mul(sign_of(&l0, lo_alpha));
+            let words = [
+                s,
+                s.wrapping_mul(b[i]),
+                s.wrapping_mul(a[i]),
+                s.wrapping_mul(a[i].wrapping_mul(b[i])),
+            ];
+            let q = (r[i] >> (p.cmp_bits - 1)) & 1;
+            let flip = 1u64.wrapping_sub(2 * q);
+            let (ca0, ca1) = dcf_gen_vec(
+                r[i] & low_mask,
+                [flip.wrapping_mul(words[0]), flip.wrapping_mul(words[1])],
+                p.cmp_bits - 1,
+                64,
+                ctx.prg,
+            );
+            let (cb0, cb1) = dcf_gen_vec(
+                r[i] & low_mask,
+                [flip.wrapping_mul(words[2]), flip.wrapping_mul(words[3])],
+                p.cmp_bits - 1,
+                64,
+                ctx.prg,
+            );
+            w.extend_from_slice(&words);
+            qw.extend(words.iter().map(|v| q.wrapping_mul(*v)));
+            keys[0].push((ca0.to_bytes(), ca1.to_bytes()));
+            keys[1].push((cb0.to_bytes(), cb1.to_bytes()));
+            keys[2].push((h0.to_bytes(), h1.to_bytes()));
+            keys[3].push((l0.to_bytes(), l1.to_bytes()));
+        }
+        let (w_seed, w1) = share_with_seed(&w, ctx.prg);
+        let (qw_seed, qw1) = share_with_seed(&qw, ctx.prg);
+        let (mut o0, mut o1) = (Writer::new(), Writer::new());
+        for (s0, s1) in [(r_s0, r_s1), (a_s0, a_s1), (b_s0, b_s1)] {
+            put_seed(&mut o0, &s0);
+            put_seed(&mut o1, &s1);
+        }
+        put_seed(&mut o0, &w_seed);
+        o1.ring(&w1, 64);
+        put_seed(&mut o0, &qw_seed);
+        o1.ring(&qw1, 64);
+        for i in 0..n {
+            for kind in &keys {
+                put_key(&mut o0, &kind[i].0);
+                put_key(&mut o1, &kind[i].1);
+            }
+        }
+        Ok([o0.finish(), o1.finish()])
+    }
+
+    fn decode(party: PartyId, p: &ExpPairParams, bytes: &[u8]) -> Result<Self, DealerError> {
+        p.validate()?;
+        let n = p.n;
+        let bad = |e: &dyn std::fmt::Display| DealerError::malformed(Self::NAME, e);
+        let mut r = Reader::new(bytes);
+        let mut seeded = || -> Result<Vec<u64>, DealerError> {
+            Ok(expand(&get_seed(&mut r).map_err(|e| bad(&e))?, n))
+        };
+        let (mask, a, b) = (seeded()?, seeded()?, seeded()?);
+        let (w, qw) = match party {
+            PartyId::P0 => (
+                expand(&get_seed(&mut r).map_err(|e| bad(&e))?, 4 * n),
+                expand(&get_seed(&mut r).map_err(|e| bad(&e))?, 4 * n),
+            ),
+            PartyId::P1 => (
+                get_ring(&mut r, 4 * n, Self::NAME)?,
+                get_ring(&mut r, 4 * n, Self::NAME)?,
+            ),
+        };
+        let mut out = ExpPairKeys {
+            r: mask,
+            a,
+            b,
+            w: quads(&w),
+            qw: quads(&qw),
+            cmp_a: Vec::with_capacity(n),
+            cmp_b: Vec::with_capacity(n),
+            dpf_high: Vec::with_capacity(n),
+            dpf_low: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            for cmp in [&mut out.cmp_a, &mut out.cmp_b] {
+                let k = DcfKey::<2>::from_bytes(r.bytes().map_err(|e| bad(&e))?)
+                    .map_err(|e| bad(&e))?;
+                if k.n_bits() != p.cmp_bits - 1 || k.out_bits() != 64 {
+                    return Err(DealerError::Malformed(format!(
+                        "{}: DCF widths do not match",
+                        Self::NAME
+                    )));
+                }
+                cmp.push(k);
+            }
+            for (dpf, bits) in [
+                (&mut out.dpf_high, p.high_bits),
+                (&mut out.dpf_low, p.low_bits + 1),
+            ] {
+                let k = DpfKey::from_bytes(r.bytes().map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+                if k.n_bits() != bits {
+                    return Err(DealerError::Malformed(format!(
+                        "{}: DPF width does not match",
+                        Self::NAME
+                    )));
+                }
+                dpf.push(k);
+            }
+        }
+        r.finish().map_err(|e| bad(&e))?;
+        Ok(out)
+    }
+}

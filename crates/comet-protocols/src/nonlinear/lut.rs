@@ -14,7 +14,7 @@
 use crate::{Party, ProtocolError};
 use comet_core::{ring, PartyId};
 use comet_dealer::kinds::nonlinear::{GatedLutKeys, GatedLutParams, MAX_LUT_BITS};
-use comet_fss::{dcf_eval_vec, dpf_eval_all, relu_eval, DpfKey};
+use comet_fss::{dcf_eval_vec, dpf_eval_all, relu_eval, DcfKey, DpfKey};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,7 +46,7 @@ pub struct GatedOutput {
 /// Party `party`'s `v_b = (−1)^b Σ_i T[(x̂' − i) mod 2^m]·t_b(i)` for a masked index `x̂'`,
 /// with `reversed[k] = T[−k mod 2^m]` so that `T[x̂' − i] = reversed[(i − x̂') mod 2^m]` runs
 /// over contiguous memory. Branch-free in the DPF bits (each term is masked, not skipped).
-fn table_sum(party: PartyId, key: &DpfKey, index: u64, reversed: &[u64]) -> u64 {
+pub(crate) fn table_sum(party: PartyId, key: &DpfKey, index: u64, reversed: &[u64]) -> u64 {
     let bits = dpf_eval_all(party, key);
     let size = reversed.len();
     let mask = size - 1;
@@ -76,20 +76,25 @@ fn table_sum(party: PartyId, key: &DpfKey, index: u64, reversed: &[u64]) -> u64 
     }
 }
 
-/// Shares of `1{x ≥ c}·V` from the DReLU identity at `x̂ − c` (see the dealer kind).
-fn gate_term(party: PartyId, keys: &GatedLutKeys, i: usize, shifted: u64, bits: u32) -> [u64; 2] {
+/// Shares of `1{x ≥ c}·V` for a dealer vector `V` from the DReLU identity at `x̂ − c`
+/// (`shifted`): `p·V + (1 − 2p)·(q·V + DCF)` with the DCF payload `(1 − 2q)·V`, `q = msb(r)`.
+pub(crate) fn drelu_times(
+    party: PartyId,
+    dcf: &DcfKey<2>,
+    v: [u64; 2],
+    qv: [u64; 2],
+    shifted: u64,
+    bits: u32,
+) -> [u64; 2] {
     let y = shifted & ring::mask_bits(bits);
     let p = 1 ^ (y >> (bits - 1));
     let low = y & ring::mask_bits(bits - 1);
-    let c = dcf_eval_vec(party, &keys.cmp[i], low);
+    let c = dcf_eval_vec(party, dcf, low);
     let flip = 1u64.wrapping_sub(2 * p);
-    let mut out = [0u64; 2];
-    for k in 0..2 {
-        out[k] = p
-            .wrapping_mul(keys.v[i][k])
-            .wrapping_add(flip.wrapping_mul(keys.qv[i][k].wrapping_add(c[k])));
-    }
-    out
+    [0, 1].map(|k| {
+        p.wrapping_mul(v[k])
+            .wrapping_add(flip.wrapping_mul(qv[k].wrapping_add(c[k])))
+    })
 }
 
 /// Ideal functionality: shares of `g(x)·T[j(x)]` and, if `with_relu`, of `ReLU(x)`, for
@@ -126,10 +131,7 @@ pub fn gated_lookup(
     let x_hat = ring::add(&masked, &theirs);
     let party = p.id;
     let index_mask = ring::mask_bits(spec.index_bits);
-    let size = spec.table.len();
-    let reversed: Vec<u64> = (0..size)
-        .map(|k| spec.table[size.wrapping_sub(k) & (size - 1)])
-        .collect();
+    let reversed = reverse_table(&spec.table);
     let local: Vec<(u64, [u64; 2], u64)> = (0..x.len())
         .into_par_iter()
         .map(|i| {
@@ -141,7 +143,14 @@ pub fn gated_lookup(
             );
             let mut g = [0u64; 2];
             for &(c, w) in &spec.gate {
-                let t = gate_term(party, &keys, i, x_hat[i].wrapping_sub(c), spec.cmp_bits);
+                let t = drelu_times(
+                    party,
+                    &keys.cmp[i],
+                    keys.v[i],
+                    keys.qv[i],
+                    x_hat[i].wrapping_sub(c),
+                    spec.cmp_bits,
+                );
                 g[0] = g[0].wrapping_add(w.wrapping_mul(t[0]));
                 g[1] = g[1].wrapping_add(w.wrapping_mul(t[1]));
             }
@@ -164,6 +173,14 @@ pub fn gated_lookup(
         .collect();
     let relu = with_relu.then(|| local.iter().map(|t| t.2).collect());
     Ok(GatedOutput { gated, relu })
+}
+
+/// `reversed[k] = table[−k mod len]`, the layout [`table_sum`] reads contiguously.
+pub(crate) fn reverse_table(table: &[u64]) -> Vec<u64> {
+    let size = table.len();
+    (0..size)
+        .map(|k| table[size.wrapping_sub(k) & (size - 1)])
+        .collect()
 }
 
 /// Builds the table for `f` on inputs at `in_frac` fractional bits with index shift `s` and

@@ -28,7 +28,9 @@ pub mod silu;
 pub mod softmax;
 pub mod spline;
 
-pub use exp::{exp_neg, exp_neg_scaled, EXP_INDEX_FRAC_BITS, EXP_MIN_INPUT};
+pub use exp::{
+    exp_neg, exp_neg_scaled, exp_neg_wide, EXP_INDEX_FRAC_BITS, EXP_MIN_INPUT, EXP_WIDE_FRAC,
+};
 pub use gelu::{gelu, GELU_RANGE};
 pub use norm::{layer_norm, rms_norm, NormOptions};
 pub use reciprocal::reciprocal;

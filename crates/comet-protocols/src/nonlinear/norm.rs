@@ -188,6 +188,13 @@ fn normalise(
             )
         }
     };
+    // Round to nearest: P0 adds half of the last kept unit before the exact floor.
+    let mut scaled = scaled;
+    if p.is_p0() {
+        scaled
+            .iter_mut()
+            .for_each(|v| *v = v.wrapping_add(1 << (shift - 1)));
+    }
     truncate(p, &scaled, shift)
 }
 

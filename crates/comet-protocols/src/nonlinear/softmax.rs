@@ -7,13 +7,14 @@
 //!   offset = context − 1; prefill: offset = 0). Masking is by public positions: masked
 //!   entries are replaced by a public very negative constant for the max, skipped by exp
 //!   and by the product, and are exactly 0 in the output. Every row sees column 0.
-//! * Steps and rounds: `compare::max_rows` (⌈log2 cols⌉ rounds), [`exp_neg_scaled`] at 16 bits
-//!   (2), reciprocal spline of the row sum on [1/2, cols] at 30 bits (2), Beaver product (1),
-//!   exact truncation to f (1): **⌈log2 cols⌉ + 6 rounds**.
-//! * Error: e^x relative ≤ 2^-10.4 (+2^-17 absolute), 1/sum relative ≤ 2^-13, final floor
-//!   ≤ 2^-f: |out − softmax| ≤ 2^-10.4·p + 2^-12 + small; measured in the tests.
+//! * Steps and rounds: `compare::max_rows` (⌈log2 cols⌉ rounds), [`exp_neg_wide`] at 32 bits
+//!   (2, no index rounding: table roundings only), reciprocal spline of the row sum on
+//!   [1/2, cols] at 26 bits (2), Beaver product (1), exact truncation to f, rounding to nearest (1):
+//!   **⌈log2 cols⌉ + 6 rounds**.
+//! * Error: e^x absolute ≤ 2^-16, 1/sum relative ≤ 2^-12.7, final rounding to nearest
+//!   ≤ 2^-(f+1): |out − softmax| ≤ 2^-12.7·p + 2^-13 + 2^-15 (measured ≤ 2^-13.5 at f = 12).
 
-use super::exp::exp_neg_scaled;
+use super::exp::{exp_neg_wide, EXP_WIDE_FRAC};
 use super::reciprocal::reciprocal_spline;
 use super::ACTIVATION_BITS;
 use crate::arith::mul;
@@ -25,18 +26,14 @@ use crate::{Party, ProtocolError};
 /// Scales used inside the softmax.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SoftmaxOptions {
-    /// Fractional bits of the exponentials (and of the row sums).
-    pub exp_frac: u32,
-    /// Fractional bits of the reciprocal of the row sum.
+    /// Fractional bits of the reciprocal of the row sum (the exponentials have 32, and their
+    /// product must stay below 2^62: at most 29).
     pub recip_frac: u32,
 }
 
 impl Default for SoftmaxOptions {
     fn default() -> Self {
-        Self {
-            exp_frac: 16,
-            recip_frac: 30,
-        }
+        Self { recip_frac: 26 }
     }
 }
 
@@ -70,7 +67,8 @@ pub fn softmax_rows_with(
         return Ok(Vec::new());
     }
     let f = p.fp.frac_bits;
-    if opts.exp_frac + opts.recip_frac < f || opts.exp_frac + opts.recip_frac > 56 {
+    let exp_frac = EXP_WIDE_FRAC;
+    if exp_frac + opts.recip_frac < f || exp_frac + opts.recip_frac > 61 {
         return Err(ProtocolError::Range(format!(
             "softmax scales {opts:?} at f = {f}"
         )));
@@ -99,19 +97,25 @@ pub fn softmax_rows_with(
             }
         }
     }
-    let e = exp_neg_scaled(p, &shifted, opts.exp_frac)?;
+    let e = exp_neg_wide(p, &shifted)?;
     let mut sums = vec![0u64; rows];
     for (&(i, _), v) in positions.iter().zip(&e) {
         sums[i] = sums[i].wrapping_add(*v);
     }
-    let spline = reciprocal_spline(opts.exp_frac, 0.5, (cols.max(2)) as f64, opts.recip_frac)?;
+    let spline = reciprocal_spline(exp_frac, 0.5, (cols.max(2)) as f64, opts.recip_frac)?;
     let recip = {
         let _s = p.scope("softmax/reciprocal");
         spline.eval(p, &sums)?
     };
     let spread: Vec<u64> = positions.iter().map(|&(i, _)| recip[i]).collect();
-    let prod = mul(p, &e, &spread)?;
-    let probs = truncate(p, &prod, opts.exp_frac + opts.recip_frac - f)?;
+    let mut prod = mul(p, &e, &spread)?;
+    // Round to nearest: P0 adds half of the last kept unit before the exact floor.
+    let shift = exp_frac + opts.recip_frac - f;
+    if p.is_p0() {
+        prod.iter_mut()
+            .for_each(|v| *v = v.wrapping_add(1 << (shift - 1)));
+    }
+    let probs = truncate(p, &prod, shift)?;
     let mut out = vec![0u64; total];
     for (&(_, at), v) in positions.iter().zip(&probs) {
         out[at] = *v;
@@ -173,7 +177,7 @@ mod tests {
             x[cols + j] = if j == 5 { 55.0 } else { -55.0 };
             x[2 * cols + j] = 3.25;
         }
-        let bound = 2f64.powi(-9);
+        let bound = 2f64.powi(-12);
         let (worst, _) = check(&x, rows, cols, None, 22);
         assert!(worst <= bound, "softmax error {worst}");
         // Causal prefill: the first row has length 1 (output exactly 1).

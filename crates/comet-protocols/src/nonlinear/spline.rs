@@ -35,7 +35,7 @@
 //!
 //! Interpolation error of the grid (the knot values are lowered by half the local
 //! interpolation error, so the error of convex functions is centred), plus the rounding of
-//! `V_i` at `F_b` bits, plus the floor of at most two bands (the others are exactly 0).
+//! `V_i` at `F_b` bits, plus the rounding (to nearest) of at most two bands (the others are exactly 0).
 //! [`HatSpline::eval_plain`] reproduces the protocol's integer result bit for bit.
 
 use crate::trunc::truncate_many;
@@ -222,6 +222,10 @@ impl HatSpline {
                 if i == 0 {
                     constant += v << shift;
                 }
+            }
+            // Round to nearest instead of down: half a unit before the floor.
+            if shift > 0 {
+                constant += 1i128 << (shift - 1);
             }
             bands.push(Band {
                 shift,
