@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::linalg::{self, matmul_nt};
+use crate::linalg::{self, matmul_nt_many};
 use crate::weights::{LlamaWeights, Matrix};
 
 /// Which positions the LM head is applied to.
@@ -105,11 +105,13 @@ impl KvCache {
     }
 
     /// Cached keys of block `layer`, KV head `head`: `[len, head_dim]` row-major.
+    /// Panics if `layer` or `head` is out of range.
     pub fn keys(&self, layer: usize, head: usize) -> &[f32] {
         &self.layers[layer].keys[head]
     }
 
     /// Cached values of block `layer`, KV head `head`: `[len, head_dim]` row-major.
+    /// Panics if `layer` or `head` is out of range.
     pub fn values(&self, layer: usize, head: usize) -> &[f32] {
         &self.layers[layer].values[head]
     }
@@ -147,8 +149,9 @@ impl Model {
         Self::new(config, weights)
     }
 
-    /// Turns on the fixed-point simulation: linear-layer weights, inputs and outputs are rounded
-    /// to multiples of 2^-`frac_bits` (isolates quantization error from protocol error).
+    /// Turns on the fixed-point simulation: linear-layer weights (embedding/LM head included),
+    /// inputs and outputs are rounded to multiples of 2^-`frac_bits`; RMSNorm gains, attention
+    /// and SiLU stay in f32. Isolates quantization error from protocol error.
     pub fn with_fixed_point(mut self, frac_bits: u32) -> Self {
         self.weights.round_linear_weights(frac_bits);
         self.fixed_point = Some(frac_bits);
@@ -238,9 +241,7 @@ impl Model {
         let mut normed = vec![0.0f32; t * d];
         for (l, layer) in self.weights.layers.iter().enumerate() {
             linalg::rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut normed);
-            let mut q = self.linear(&normed, t, &layer.wq);
-            let mut k = self.linear(&normed, t, &layer.wk);
-            let v = self.linear(&normed, t, &layer.wv);
+            let [mut q, mut k, v] = self.linear_many(&normed, t, [&layer.wq, &layer.wk, &layer.wv]);
             rope.apply(&mut q, c.n_heads, c.head_dim);
             rope.apply(&mut k, c.n_kv_heads, c.head_dim);
             let lc = &mut cache.layers[l];
@@ -256,8 +257,7 @@ impl Model {
             add_in_place(&mut x, &o);
 
             linalg::rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut normed);
-            let gate = self.linear(&normed, t, &layer.w_gate);
-            let up = self.linear(&normed, t, &layer.w_up);
+            let [gate, up] = self.linear_many(&normed, t, [&layer.w_gate, &layer.w_up]);
             let hidden: Vec<f32> = gate
                 .iter()
                 .zip(&up)
@@ -293,17 +293,33 @@ impl Model {
     /// `rows` inputs through linear layer `w` (`y = W x`), with fixed-point rounding of the
     /// input and the output when the simulation is on.
     fn linear(&self, input: &[f32], rows: usize, w: &Matrix) -> Vec<f32> {
-        let mut out = vec![0.0f32; rows * w.rows];
-        match self.fixed_point {
-            None => matmul_nt(input, &w.data, rows, w.cols, w.rows, &mut out),
+        let [out] = self.linear_many(input, rows, [w]);
+        out
+    }
+
+    /// The same input through several linear layers in one parallel pass.
+    fn linear_many<const N: usize>(
+        &self,
+        input: &[f32],
+        rows: usize,
+        ws: [&Matrix; N],
+    ) -> [Vec<f32>; N] {
+        let cols = ws[0].cols;
+        let weights: Vec<(&[f32], usize)> =
+            ws.iter().map(|w| (w.data.as_slice(), w.rows)).collect();
+        let mut outs = match self.fixed_point {
+            None => matmul_nt_many(input, rows, cols, &weights),
             Some(f) => {
                 let mut rounded = input.to_vec();
                 linalg::round_to_fixed_point(&mut rounded, f);
-                matmul_nt(&rounded, &w.data, rows, w.cols, w.rows, &mut out);
-                linalg::round_to_fixed_point(&mut out, f);
+                let mut outs = matmul_nt_many(&rounded, rows, cols, &weights);
+                for out in &mut outs {
+                    linalg::round_to_fixed_point(out, f);
+                }
+                outs
             }
-        }
-        out
+        };
+        std::array::from_fn(|i| std::mem::take(&mut outs[i]))
     }
 }
 

@@ -21,43 +21,38 @@ const MB: usize = 64;
 ///
 /// Panics if a slice is shorter than its shape says (internal callers guarantee the shapes).
 pub fn matmul_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    assert!(
-        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
-        "matmul_nt shapes"
-    );
-    if m == 0 || n == 0 {
-        return;
+    assert!(out.len() >= m * n, "matmul_nt output shape");
+    let result = matmul_nt_many(x, m, k, &[(w, n)]);
+    out[..m * n].copy_from_slice(&result[0]);
+}
+
+/// Several products sharing one input, `x: [m, k]` times each `(w: [n, k], n)`, computed in
+/// one parallel pass (one synchronisation instead of one per matrix); returns `[m, n]` each.
+///
+/// Panics if a slice is shorter than its shape says (internal callers guarantee the shapes).
+pub fn matmul_nt_many(x: &[f32], m: usize, k: usize, weights: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
+    assert!(x.len() >= m * k, "matmul_nt input shape");
+    for (w, n) in weights {
+        assert!(w.len() >= n * k, "matmul_nt weight shape");
     }
-    if k == 0 {
-        out[..m * n].fill(0.0);
-        return;
-    }
-    if m == 1 {
-        // One input row: output blocks are contiguous, write them in place.
-        out[..n]
-            .par_chunks_mut(NB)
-            .enumerate()
-            .for_each(|(b, chunk)| {
-                let j0 = b * NB;
-                let nb = chunk.len();
-                Arch::new().dispatch(BlockKernel {
-                    x,
-                    w: &w[j0 * k..(j0 + nb) * k],
-                    m: 1,
-                    k,
-                    nb,
-                    out_t: chunk,
-                });
-            });
-        return;
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|(_, n)| vec![0.0f32; m * n]).collect();
+    if m == 0 || k == 0 {
+        return outs;
     }
     let m_blocks = m.div_ceil(MB);
-    let n_blocks = n.div_ceil(NB);
-    let blocks: Vec<(usize, usize, Vec<f32>)> = (0..m_blocks * n_blocks)
-        .into_par_iter()
-        .map(|t| {
-            let (mb, nb_idx) = (t / n_blocks, t % n_blocks);
-            let (i0, j0) = (mb * MB, nb_idx * NB);
+    // (matrix, row block, column block) for every task.
+    let tasks: Vec<(usize, usize, usize)> = weights
+        .iter()
+        .enumerate()
+        .flat_map(|(mat, (_, n))| {
+            let n_blocks = n.div_ceil(NB);
+            (0..m_blocks).flat_map(move |mb| (0..n_blocks).map(move |nb| (mat, mb * MB, nb * NB)))
+        })
+        .collect();
+    let blocks: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(mat, i0, j0)| {
+            let (w, n) = weights[mat];
             let mb_len = MB.min(m - i0);
             let nb_len = NB.min(n - j0);
             let mut out_t = vec![0.0f32; mb_len * nb_len];
@@ -69,18 +64,25 @@ pub fn matmul_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [
                 nb: nb_len,
                 out_t: &mut out_t,
             });
-            (i0, j0, out_t)
+            out_t
         })
         .collect();
-    for (i0, j0, out_t) in blocks {
+    for (&(mat, i0, j0), out_t) in tasks.iter().zip(blocks) {
+        let n = weights[mat].1;
+        let out = &mut outs[mat];
         let nb_len = NB.min(n - j0);
         let mb_len = out_t.len() / nb_len;
+        if mb_len == 1 {
+            out[i0 * n + j0..i0 * n + j0 + nb_len].copy_from_slice(&out_t);
+            continue;
+        }
         for jj in 0..nb_len {
             for ii in 0..mb_len {
                 out[(i0 + ii) * n + j0 + jj] = out_t[jj * mb_len + ii];
             }
         }
     }
+    outs
 }
 
 /// Plain triple-loop version of [`matmul_nt`] (f64 accumulation), the reference for tests.

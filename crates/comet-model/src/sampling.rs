@@ -45,6 +45,9 @@ impl Sampler {
 
     /// Picks the next token from `logits` (one value per vocabulary entry).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if logits.is_empty() {
+            return 0;
+        }
         if self.params.temperature <= 0.0 || !self.params.temperature.is_finite() {
             return argmax(logits);
         }
