@@ -195,10 +195,44 @@ pub fn mul_fixed_with(
     y: &[u64],
     mode: TruncMode,
 ) -> Result<Vec<u64>, ProtocolError> {
-    check_len("right operand of mul_fixed", y.len(), x.len())?;
-    let product = arith::mul(p, x, y)?;
     let f = p.fp.frac_bits;
-    single(truncate_many_with(p, &[(&product, f)], mode)?)
+    single(mul_truncate_many(p, &[(x, y, f)], mode)?)
+}
+
+/// Ideal functionality: for each `(x_j, y_j, s_j)`, shares of `⌊x_j ⊙ y_j / 2^s_j⌋`
+/// (element-wise), each product within `[−2^62, 2^62)`. Two rounds for all of them: one
+/// Beaver opening over the concatenation, then one truncation round.
+pub fn mul_truncate_many(
+    p: &mut Party,
+    parts: &[(&[u64], &[u64], u32)],
+    mode: TruncMode,
+) -> Result<Vec<Vec<u64>>, ProtocolError> {
+    for (x, y, _) in parts {
+        check_len("right operand of a product", y.len(), x.len())?;
+    }
+    let xs: Vec<u64> = parts
+        .iter()
+        .flat_map(|(x, _, _)| x.iter().copied())
+        .collect();
+    let ys: Vec<u64> = parts
+        .iter()
+        .flat_map(|(_, y, _)| y.iter().copied())
+        .collect();
+    let products = if xs.is_empty() {
+        Vec::new()
+    } else {
+        arith::mul(p, &xs, &ys)?
+    };
+    let mut start = 0;
+    let split: Vec<(&[u64], u32)> = parts
+        .iter()
+        .map(|(x, _, s)| {
+            let piece = &products[start..start + x.len()];
+            start += x.len();
+            (piece, *s)
+        })
+        .collect();
+    truncate_many_with(p, &split, mode)
 }
 
 /// Ideal functionality: shares of `⌊x·round(c·2^f) / 2^f⌋`, i.e. `c·x` at scale `f` for a
@@ -466,6 +500,40 @@ mod tests {
             let scaled = ((x[i] as i64 as i128 * c_enc) >> f) as i64 as u64;
             assert_eq!(s0[i].wrapping_add(s1[i]), scaled);
         }
+    }
+
+    #[test]
+    fn several_products_truncate_in_two_rounds() {
+        let mut prg = Prg::from_seed([11; 16]);
+        let values = FixedPointValues::new(&mut prg, 300);
+        let (xs, ys) = (
+            share_for_test(&values.a, &mut prg),
+            share_for_test(&values.b, &mut prg),
+        );
+        let d = dealer(11);
+        let (r0, r1) = run_pair(&d, |p| {
+            let i = p.id.index();
+            let (x, y) = (&xs[i], &ys[i]);
+            let parts = [
+                (&x[..100], &y[..100], 12),
+                (&x[100..], &y[100..], 24),
+                (&x[..0], &y[..0], 5),
+            ];
+            let out = mul_truncate_many(p, &parts, TruncMode::Exact)?;
+            let empty = mul_fixed(p, &[], &[])?;
+            Ok((out, empty, p.online_meter().total().rounds))
+        });
+        let (o0, e0, rounds) = r0.unwrap();
+        let (o1, _, _) = r1.unwrap();
+        assert_eq!(rounds, 2);
+        assert!(e0.is_empty() && o0[2].is_empty());
+        let (a, b) = (&values.a, &values.b);
+        let expect =
+            |i: usize, s: u32| ((a[i] as i64 as i128 * b[i] as i64 as i128) >> s) as i64 as u64;
+        let got0 = reconstruct(&o0[0], &o1[0]);
+        let got1 = reconstruct(&o0[1], &o1[1]);
+        assert!((0..100).all(|i| got0[i] == expect(i, 12)));
+        assert!((100..300).all(|i| got1[i - 100] == expect(i, 24)));
     }
 
     #[test]

@@ -17,6 +17,10 @@ use crate::{CorrelationKind, DealerError, GenContext};
 use comet_core::{ring, PartyId, Prg};
 use comet_fss::{dcf_gen, DcfKey};
 use comet_net::codec::{Reader, Writer};
+use rayon::prelude::*;
+
+/// Keys generated per parallel task (and per derived PRG seed).
+const KEY_BLOCK: usize = 1024;
 
 /// Largest supported shift: the protocol offsets inputs by 2^62, which must stay a multiple
 /// of 2^s.
@@ -206,10 +210,30 @@ impl CorrelationKind for TruncMask {
 
 /// DCF key pairs for `1{v < r mod 2^s}` with payload 1 over Z_2^64, one per element.
 fn comparison_keys(r: &[u64], p: &TruncParams, prg: &mut Prg) -> (Vec<DcfKey>, Vec<DcfKey>) {
-    r.iter()
-        .zip(p.shifts())
-        .map(|(v, s)| dcf_gen(v & ring::mask_bits(s), 1, s, 64, prg))
-        .unzip()
+    let shifts: Vec<u32> = p.shifts().collect();
+    // Each block of keys draws from its own PRG seeded by the dealer's PRG, so generation
+    // runs in parallel and stays deterministic for a given dealer seed.
+    let seeds: Vec<_> = (0..r.len().div_ceil(KEY_BLOCK))
+        .map(|_| prg.next_seed())
+        .collect();
+    let blocks: Vec<(Vec<DcfKey>, Vec<DcfKey>)> = r
+        .par_chunks(KEY_BLOCK)
+        .zip(shifts.par_chunks(KEY_BLOCK))
+        .zip(seeds.par_iter())
+        .map(|((r, shifts), seed)| {
+            let mut prg = Prg::from_seed(*seed);
+            r.iter()
+                .zip(shifts)
+                .map(|(v, &s)| dcf_gen(v & ring::mask_bits(s), 1, s, 64, &mut prg))
+                .unzip()
+        })
+        .collect();
+    let (mut keys0, mut keys1) = (Vec::with_capacity(r.len()), Vec::with_capacity(r.len()));
+    for (k0, k1) in blocks {
+        keys0.extend(k0);
+        keys1.extend(k1);
+    }
+    (keys0, keys1)
 }
 
 /// Writes the keys segment by segment: the common encoded length of the segment's keys
@@ -219,10 +243,7 @@ fn write_keys(w: &mut Writer, p: &TruncParams, keys: &[DcfKey]) {
     for seg in &p.segments {
         let segment = &keys[start..start + seg.len];
         let key_len = segment.first().map_or(0, DcfKey::encoded_len);
-        let mut blob = Vec::with_capacity(key_len * seg.len);
-        for key in segment {
-            blob.extend_from_slice(&key.to_bytes());
-        }
+        let blob: Vec<u8> = segment.par_iter().flat_map_iter(DcfKey::to_bytes).collect();
         w.u32(key_len as u32).bytes(&blob);
         start += seg.len;
     }
@@ -242,18 +263,22 @@ fn read_keys(r: &mut Reader, p: &TruncParams) -> Result<Vec<DcfKey>, DealerError
                 seg.len
             )));
         }
-        for chunk in blob.chunks_exact(key_len.max(1)) {
-            let key = DcfKey::from_bytes(chunk).map_err(|e| malformed(&e))?;
-            if key.n_bits() != seg.shift || key.out_bits() != 64 {
-                return Err(malformed(&format!(
-                    "DCF key on {} bits with {}-bit payload, expected {} and 64",
-                    key.n_bits(),
-                    key.out_bits(),
-                    seg.shift
-                )));
-            }
-            keys.push(key);
-        }
+        let decoded: Vec<DcfKey> = blob
+            .par_chunks(key_len.max(1))
+            .map(|chunk| {
+                let key = DcfKey::from_bytes(chunk).map_err(|e| malformed(&e))?;
+                if key.n_bits() != seg.shift || key.out_bits() != 64 {
+                    return Err(malformed(&format!(
+                        "DCF key on {} bits with {}-bit payload, expected {} and 64",
+                        key.n_bits(),
+                        key.out_bits(),
+                        seg.shift
+                    )));
+                }
+                Ok(key)
+            })
+            .collect::<Result<_, _>>()?;
+        keys.extend(decoded);
     }
     Ok(keys)
 }
