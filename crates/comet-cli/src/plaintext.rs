@@ -41,6 +41,9 @@ pub struct GenerateArgs {
     /// Simulate fixed point: round linear-layer weights, inputs and outputs to multiples of 2^-F.
     #[arg(long, value_name = "F")]
     pub fixed_point: Option<u32>,
+    /// Print the prompt before the continuation (by default only generated text is printed).
+    #[arg(long)]
+    pub echo: bool,
 }
 
 /// Arguments of `comet eval`.
@@ -109,8 +112,8 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let mut streamer = tokenizer.streamer();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if !args.chat {
-        write!(out, "{}", args.prompt)?;
+    if args.echo {
+        write!(out, "{text}")?;
         out.flush()?;
     }
     let (_, stats) = comet_model::generate(
@@ -347,4 +350,21 @@ fn negative_log_likelihood(logits: &[f32], target: u32) -> f64 {
         .ln()
         + max;
     log_sum - logits[target as usize] as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nll_matches_log_softmax() {
+        let logits = [1.0f32, 2.0, 3.0];
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        for (i, &l) in logits.iter().enumerate() {
+            let expected = z.ln() - l as f64;
+            assert!((negative_log_likelihood(&logits, i as u32) - expected).abs() < 1e-12);
+        }
+        // Large logits do not overflow.
+        assert!(negative_log_likelihood(&[1000.0, 1000.0], 0).is_finite());
+    }
 }

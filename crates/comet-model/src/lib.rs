@@ -50,16 +50,16 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where the default model is looked for, in order: `$COMET_MODEL`, `./models/<file>`,
-/// `<repo root>/models/<file>`.
+/// Where the default model is looked for: `$COMET_MODEL` alone when it is set (an explicit
+/// choice never falls back), else `./models/<file>` then `<repo root>/models/<file>`.
 pub fn default_model_candidates() -> Vec<PathBuf> {
-    let mut out = Vec::new();
     if let Some(p) = std::env::var_os(MODEL_ENV_VAR).filter(|p| !p.is_empty()) {
-        out.push(PathBuf::from(p));
+        return vec![PathBuf::from(p)];
     }
-    out.push(Path::new("models").join(DEFAULT_MODEL_FILE));
-    out.push(repo_root().join("models").join(DEFAULT_MODEL_FILE));
-    out
+    vec![
+        Path::new("models").join(DEFAULT_MODEL_FILE),
+        repo_root().join("models").join(DEFAULT_MODEL_FILE),
+    ]
 }
 
 /// The first existing default-model candidate, if any.
@@ -67,18 +67,11 @@ pub fn find_default_model() -> Option<PathBuf> {
     default_model_candidates().into_iter().find(|p| p.is_file())
 }
 
-/// The default model path: the first existing candidate, else `$COMET_MODEL` when set, else
-/// the repo-root location (so that "not found" errors name where `scripts/setup` installs it).
+/// The default model path: the first existing candidate, else the last candidate (so that a
+/// "not found" error names `$COMET_MODEL` or where `scripts/setup` installs the model).
 pub fn default_model_path() -> PathBuf {
     find_default_model().unwrap_or_else(|| {
-        let candidates = default_model_candidates();
-        if std::env::var_os(MODEL_ENV_VAR)
-            .filter(|p| !p.is_empty())
-            .is_some()
-        {
-            candidates[0].clone()
-        } else {
-            repo_root().join("models").join(DEFAULT_MODEL_FILE)
-        }
+        let mut candidates = default_model_candidates();
+        candidates.pop().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_FILE))
     })
 }
