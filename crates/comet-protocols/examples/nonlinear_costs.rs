@@ -230,6 +230,14 @@ fn main() {
         56,
         true,
     );
+    measure_at(
+        "exp_neg_wide [-32,0] (out 32 bits, used by softmax)",
+        &x,
+        &|p, v| nonlinear::exp_neg_wide(p, v),
+        &ideal,
+        nonlinear::EXP_WIDE_FRAC,
+        false,
+    );
     let (x, q) = encode(&uniform(&mut prg, 9, 1.0, 128.0));
     let ideal: Vec<f64> = q.iter().map(|v| 1.0 / v).collect();
     measure_at(

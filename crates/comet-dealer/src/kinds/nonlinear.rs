@@ -1,5 +1,6 @@
 //! Keys for the nonlinear functions of `comet_protocols::nonlinear` (SiLU, GeLU, exp,
-//! reciprocal, rsqrt): a *gated lookup table* and a *multi-point ReLU*.
+//! reciprocal, rsqrt): a *gated lookup table*, a *two-table exponential* and a *multi-point
+//! ReLU* (tags 60–62).
 //!
 //! Both kinds mask each input element with a uniform `r ∈ Z_2^64` (both halves of `r` are
 //! seeds); the servers open `x̂ = x + r` once and every key below is keyed to that same `r`
@@ -19,6 +20,9 @@
 //! * shares of a uniform `ρ`. The servers open `v̂ = v + ρ` and output
 //!   `[g·s_dpf]·v̂ − [g·s_dpf·ρ] = g·s_dpf²·T[j] = g·T[j]`;
 //! * optionally a one-round ReLU key for the same `r` (SiLU and GeLU are ReLU minus a table).
+//!
+//! **Two-table exponential** ([`ExpPairKeys`]): two DPF tables multiplied by one Beaver pair
+//! whose sign fix and gate ride on DCF payloads (see the type).
 //!
 //! **Multi-point ReLU** ([`MultiReluKeys`]): a one-round ReLU key for `r`, evaluated at
 //! `x̂ − c` for many public `c` to get shares of `ReLU(x − c)` (spline knots).

@@ -78,11 +78,17 @@ pub fn exp_neg_scaled(p: &mut Party, x: &[u64], out_frac: u32) -> Result<Vec<u64
     Ok(gated_lookup(p, x, &spec, false)?.gated)
 }
 
+/// The (reversed) high and low tables of [`exp_neg_wide`].
+type WideTables = (Vec<u64>, Vec<u64>);
+
+/// Cache of [`WideTables`] per input scale.
+type WideCache = Mutex<Vec<(u32, Arc<WideTables>)>>;
+
 /// The two exact tables of [`exp_neg_wide`] at input scale `f`: `(high, low)` with
 /// `high[j] = e^min(j/16, 0)` (signed 10-bit j) and `low[u] = e^(u/2^f)` (signed u, |u| < 2^L,
 /// L = f − 4), both at 16 fractional bits; reversed for `table_sum`.
-fn wide_tables(f: u32) -> Arc<(Vec<u64>, Vec<u64>)> {
-    static CACHE: OnceLock<Mutex<Vec<(u32, Arc<(Vec<u64>, Vec<u64>)>)>>> = OnceLock::new();
+fn wide_tables(f: u32) -> Arc<WideTables> {
+    static CACHE: OnceLock<WideCache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, t)) = guard.iter().find(|(k, _)| *k == f) {

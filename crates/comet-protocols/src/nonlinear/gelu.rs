@@ -3,7 +3,7 @@
 //! * Range: table on [−8, 8) ([`GELU_RANGE`]); outside it the output is exactly ReLU(x)
 //!   (the ideal function differs by < 2^-47 there). Inputs: |x| < 2^(ACTIVATION_BITS − 2)
 //!   ring units.
-//! * Same construction and error bound as [`super::silu`] (8 fractional index bits, m = 12):
+//! * Same construction and error bound as [`super::silu()`] (8 fractional index bits, m = 12):
 //!   max abs error ≤ 2^-9 at f = 12, measured in `gelu_error_is_below_bound`.
 //! * Cost: 2 rounds, 16 bytes per element each way.
 

@@ -1,5 +1,5 @@
-//! Hat-basis linear splines on a geometric grid: the engine of [`super::reciprocal`],
-//! [`super::rsqrt`] and the normalisations. Two rounds for any number of knots.
+//! Hat-basis linear splines on a geometric grid: the engine of [`super::reciprocal()`],
+//! [`super::rsqrt()`] and the normalisations. Two rounds for any number of knots.
 //!
 //! # Construction
 //!
