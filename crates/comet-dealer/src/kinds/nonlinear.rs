@@ -571,3 +571,115 @@ impl CorrelationKind for ExpPairKeys {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode_request, Dealer};
+    use comet_core::Prg;
+
+    /// Both halves of a request, P0's first.
+    fn halves<K: CorrelationKind>(dealer: &mut Dealer, p: &K::Params) -> [Vec<u8>; 2] {
+        let request = encode_request::<K>(p);
+        let h0 = dealer.serve(PartyId::P0, &request).unwrap();
+        let h1 = dealer.serve(PartyId::P1, &request).unwrap();
+        [h0, h1]
+    }
+
+    fn cut_halves_fail<K: CorrelationKind>(p: &K::Params, half: &[u8], party: PartyId) {
+        for cut in [0, 7, half.len() / 2, half.len() - 1] {
+            assert!(
+                K::decode(party, p, &half[..cut]).is_err(),
+                "{}: cut at {cut}",
+                K::NAME
+            );
+        }
+    }
+
+    #[test]
+    fn masks_reconstruct_and_bad_input_is_an_error() {
+        let mut dealer = Dealer::with_prg(Prg::from_seed([1; 16]));
+        let g = GatedLutParams {
+            n: 3,
+            cmp_bits: 20,
+            index_shift: 4,
+            index_bits: 9,
+            with_relu: true,
+        };
+        let [h0, h1] = halves::<GatedLutKeys>(&mut dealer, &g);
+        let k0 = GatedLutKeys::decode(PartyId::P0, &g, &h0).unwrap();
+        let k1 = GatedLutKeys::decode(PartyId::P1, &g, &h1).unwrap();
+        for i in 0..3 {
+            // V = (s, s·ρ) with s = ±1 and ρ the opening mask.
+            let s = k0.v[i][0].wrapping_add(k1.v[i][0]);
+            let rho = k0.rho[i].wrapping_add(k1.rho[i]);
+            assert!(s == 1 || s == u64::MAX);
+            assert_eq!(k0.v[i][1].wrapping_add(k1.v[i][1]), s.wrapping_mul(rho));
+        }
+        cut_halves_fail::<GatedLutKeys>(&g, &h1, PartyId::P1);
+        cut_halves_fail::<GatedLutKeys>(&g, &h0, PartyId::P0);
+        let e = ExpPairParams {
+            n: 2,
+            cmp_bits: 20,
+            low_bits: 5,
+            high_bits: 6,
+        };
+        let [e0, e1] = halves::<ExpPairKeys>(&mut dealer, &e);
+        let x0 = ExpPairKeys::decode(PartyId::P0, &e, &e0).unwrap();
+        let x1 = ExpPairKeys::decode(PartyId::P1, &e, &e1).unwrap();
+        for i in 0..2 {
+            let w: Vec<u64> = (0..4)
+                .map(|k| x0.w[i][k].wrapping_add(x1.w[i][k]))
+                .collect();
+            let (a, b) = (x0.a[i].wrapping_add(x1.a[i]), x0.b[i].wrapping_add(x1.b[i]));
+            assert_eq!(w[1], w[0].wrapping_mul(b));
+            assert_eq!(w[2], w[0].wrapping_mul(a));
+            assert_eq!(w[3], w[0].wrapping_mul(a).wrapping_mul(b));
+        }
+        cut_halves_fail::<ExpPairKeys>(&e, &e1, PartyId::P1);
+        let m = MultiReluParams { n: 2, bits: 24 };
+        let [m0, _] = halves::<MultiReluKeys>(&mut dealer, &m);
+        cut_halves_fail::<MultiReluKeys>(&m, &m0, PartyId::P0);
+        // Wrong widths in the request are refused, and halves do not decode under other params.
+        for bad in [
+            GatedLutParams {
+                cmp_bits: 1,
+                ..g.clone()
+            },
+            GatedLutParams {
+                index_bits: 0,
+                ..g.clone()
+            },
+            GatedLutParams {
+                index_bits: MAX_LUT_BITS + 1,
+                ..g.clone()
+            },
+            GatedLutParams { n: 0, ..g.clone() },
+        ] {
+            assert!(
+                dealer
+                    .serve(PartyId::P0, &encode_request::<GatedLutKeys>(&bad))
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(dealer
+            .serve(
+                PartyId::P0,
+                &encode_request::<MultiReluKeys>(&MultiReluParams { n: 2, bits: 65 })
+            )
+            .is_err());
+        assert!(GatedLutKeys::decode(
+            PartyId::P1,
+            &GatedLutParams {
+                cmp_bits: 21,
+                ..g.clone()
+            },
+            &h1
+        )
+        .is_err());
+        assert!(
+            MultiReluKeys::decode(PartyId::P0, &MultiReluParams { n: 2, bits: 23 }, &m0).is_err()
+        );
+    }
+}
