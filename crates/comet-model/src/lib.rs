@@ -72,6 +72,8 @@ pub fn find_default_model() -> Option<PathBuf> {
 pub fn default_model_path() -> PathBuf {
     find_default_model().unwrap_or_else(|| {
         let mut candidates = default_model_candidates();
-        candidates.pop().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_FILE))
+        candidates
+            .pop()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_FILE))
     })
 }

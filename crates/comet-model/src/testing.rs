@@ -48,6 +48,10 @@ pub struct TinyLlamaOptions {
     pub reshape_tensor: Option<(String, Vec<usize>)>,
     /// A tensor to store in a different ggml type.
     pub dtype_override: Option<(String, GgmlDType)>,
+    /// Metadata entries that replace (or add to) the defaults, by key.
+    pub metadata_override: Vec<(String, gguf_file::Value)>,
+    /// A metadata key to leave out.
+    pub omit_metadata: Option<String>,
 }
 
 impl Default for TinyLlamaOptions {
@@ -59,6 +63,8 @@ impl Default for TinyLlamaOptions {
             omit_tensor: None,
             reshape_tensor: None,
             dtype_override: None,
+            metadata_override: Vec::new(),
+            omit_metadata: None,
         }
     }
 }
@@ -232,6 +238,16 @@ pub fn write_tiny_llama_gguf_with(path: impl AsRef<Path>, opts: &TinyLlamaOption
             Value::String(TINY_CHAT_TEMPLATE.into()),
         ),
     ];
+    let mut metadata: Vec<(&str, Value)> = metadata
+        .into_iter()
+        .filter(|(k, _)| opts.omit_metadata.as_deref() != Some(*k))
+        .filter(|(k, _)| !opts.metadata_override.iter().any(|(o, _)| o == k))
+        .collect();
+    metadata.extend(
+        opts.metadata_override
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone())),
+    );
     let md_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file =

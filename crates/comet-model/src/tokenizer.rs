@@ -330,3 +330,57 @@ impl TextStreamer<'_> {
         &self.ids
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    fn tiny_with_template(template: Option<&str>) -> Tokenizer {
+        let vocab = testing::tiny_vocabulary();
+        let tokens: Vec<&str> = vocab.iter().map(String::as_str).collect();
+        let mut types = vec![TOKEN_TYPE_CONTROL; 3];
+        types.resize(tokens.len(), 1);
+        let merges = testing::TINY_MERGES
+            .iter()
+            .filter_map(|m| m.split_once(' '))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Tokenizer::from_parts(
+            &tokens,
+            &types,
+            merges,
+            Some(1),
+            Some(2),
+            false,
+            template.map(String::from),
+        )
+        .expect("tiny tokenizer")
+    }
+
+    #[test]
+    fn chat_prompt_without_a_default_system_prompt() {
+        let plain = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
+        for tok in [tiny_with_template(Some(plain)), tiny_with_template(None)] {
+            assert_eq!(tok.default_system_prompt(), None);
+            assert_eq!(
+                tok.chat_prompt("2+2?"),
+                "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+            );
+        }
+        // An escaped "\n" in the stored template is understood as a newline.
+        let escaped = "{{ '<|im_start|>system\\nBe brief.<|im_end|>\\n' }}";
+        assert_eq!(
+            tiny_with_template(Some(escaped))
+                .default_system_prompt()
+                .as_deref(),
+            Some("Be brief.")
+        );
+    }
+
+    #[test]
+    fn duplicate_tokens_are_rejected() {
+        let err = Tokenizer::from_parts(&["a", "a"], &[1, 1], vec![], None, None, false, None);
+        assert!(matches!(err, Err(ModelError::BadMetadata { .. })));
+    }
+}

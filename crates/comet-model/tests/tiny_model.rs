@@ -236,6 +236,85 @@ fn misshaped_tensor_is_reported() {
 }
 
 #[test]
+fn missing_and_mistyped_metadata_are_reported() {
+    let path = tiny(
+        "tiny-no-layers.gguf",
+        &TinyLlamaOptions {
+            omit_metadata: Some("llama.block_count".into()),
+            ..Default::default()
+        },
+    );
+    let err = load_err(&path);
+    assert!(
+        matches!(&err, ModelError::MissingMetadata { key } if key == "llama.block_count"),
+        "{err}"
+    );
+
+    let cases: Vec<(&str, gguf_file::Value)> = vec![
+        ("llama.block_count", gguf_file::Value::String("two".into())),
+        ("llama.attention.head_count_kv", gguf_file::Value::U32(3)),
+        ("llama.rope.dimension_count", gguf_file::Value::U32(8)),
+        ("llama.rope.freq_base", gguf_file::Value::F32(-1.0)),
+        (
+            "tokenizer.ggml.model",
+            gguf_file::Value::String("llama".into()),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id",
+            gguf_file::Value::U32(1_000_000),
+        ),
+        (
+            "tokenizer.ggml.merges",
+            gguf_file::Value::Array(vec![gguf_file::Value::String("nospace".into())]),
+        ),
+    ];
+    for (i, (key, value)) in cases.into_iter().enumerate() {
+        let path = tiny(
+            &format!("tiny-bad-md-{i}.gguf"),
+            &TinyLlamaOptions {
+                metadata_override: vec![(key.into(), value)],
+                ..Default::default()
+            },
+        );
+        let err = load_err(&path);
+        assert!(
+            matches!(&err, ModelError::BadMetadata { key: k, .. } if k == key),
+            "{key}: {err}"
+        );
+    }
+    // Merges naming tokens that are not in the vocabulary: a tokenizer error, not a panic.
+    let path = tiny(
+        "tiny-bad-merge.gguf",
+        &TinyLlamaOptions {
+            metadata_override: vec![(
+                "tokenizer.ggml.merges".into(),
+                gguf_file::Value::Array(vec![gguf_file::Value::String("zz qq".into())]),
+            )],
+            ..Default::default()
+        },
+    );
+    assert!(matches!(load_err(&path), ModelError::Tokenizer(_)));
+}
+
+#[test]
+fn bos_is_prepended_when_the_model_asks() {
+    let path = tiny(
+        "tiny-bos.gguf",
+        &TinyLlamaOptions {
+            metadata_override: vec![(
+                "tokenizer.ggml.add_bos_token".into(),
+                gguf_file::Value::Bool(true),
+            )],
+            ..Default::default()
+        },
+    );
+    let (_, tok) = comet_model::load(path).unwrap();
+    let ids = tok.encode("the").unwrap();
+    assert_eq!(ids[0], 1);
+    assert_eq!(tok.decode(&ids[1..]).unwrap(), "the");
+}
+
+#[test]
 fn bad_inputs_are_errors_not_panics() {
     let (model, _) = comet_model::load(tiny_default()).unwrap();
     let mut cache = model.new_cache();
