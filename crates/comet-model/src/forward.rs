@@ -371,15 +371,18 @@ fn attention(c: &LlamaConfig, q: &[f32], t: usize, start: usize, lc: &LayerCache
     out
 }
 
-/// cos/sin of the rotary embedding for a run of positions: `[t, head_dim/2]` each.
-struct RopeTable {
+/// cos/sin of the rotary embedding for a run of positions: `[t, head_dim/2]` each. Pair i of
+/// a head at position p rotates by angle `p · base^(-2i/head_dim)` (GGUF llama: interleaved pairs).
+#[derive(Debug, Clone)]
+pub struct RopeTable {
     cos: Vec<f32>,
     sin: Vec<f32>,
     half: usize,
 }
 
 impl RopeTable {
-    fn new(c: &LlamaConfig, start: usize, t: usize) -> Self {
+    /// The table for positions `start..start + t` of a model with configuration `c`.
+    pub fn new(c: &LlamaConfig, start: usize, t: usize) -> Self {
         let half = c.head_dim / 2;
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
@@ -394,8 +397,18 @@ impl RopeTable {
         Self { cos, sin, half }
     }
 
+    /// cos of the angle of pair `i` at the `row`-th position of the table.
+    pub fn cos(&self, row: usize, i: usize) -> f32 {
+        self.cos[row * self.half + i]
+    }
+
+    /// sin of the angle of pair `i` at the `row`-th position of the table.
+    pub fn sin(&self, row: usize, i: usize) -> f32 {
+        self.sin[row * self.half + i]
+    }
+
     /// Rotates pairs (2i, 2i+1) of every head of every row of `x` (`[t, heads*head_dim]`).
-    fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize) {
+    pub fn apply(&self, x: &mut [f32], heads: usize, head_dim: usize) {
         let width = heads * head_dim;
         for (r, row) in x.chunks_exact_mut(width).enumerate() {
             let cos = &self.cos[r * self.half..(r + 1) * self.half];
@@ -461,4 +474,51 @@ fn check_shapes(c: &LlamaConfig, w: &LlamaWeights) -> Result<()> {
         expect_m(&n("ffn_down"), &layer.w_down, d, c.ffn_dim)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LlamaConfig {
+        LlamaConfig {
+            n_layers: 1,
+            d_model: 8,
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: 8,
+            ffn_dim: 8,
+            vocab_size: 4,
+            context_length: 64,
+            rope_base: 10_000.0,
+            norm_eps: 1e-5,
+            tied_lm_head: true,
+        }
+    }
+
+    fn rotated(x: &[f32], pos: usize) -> Vec<f32> {
+        let mut y = x.to_vec();
+        RopeTable::new(&config(), pos, 1).apply(&mut y, 1, 8);
+        y
+    }
+
+    #[test]
+    fn rope_is_identity_at_zero_and_relative_elsewhere() {
+        let q = [0.3, -1.2, 0.5, 2.0, -0.7, 0.1, 1.1, -0.4];
+        let k = [1.0, 0.2, -0.3, 0.8, 0.6, -1.5, 0.05, 0.9];
+        assert_eq!(rotated(&q, 0), q.to_vec());
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        // Attention scores depend only on the distance between positions.
+        let d1 = dot(&rotated(&q, 7), &rotated(&k, 3));
+        let d2 = dot(&rotated(&q, 20), &rotated(&k, 16));
+        assert!((d1 - d2).abs() < 1e-4, "{d1} vs {d2}");
+        // Interleaved pairs: pair 0 = (x0, x1) rotates by angle `pos` (frequency 1).
+        let r = rotated(&q, 1);
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        assert!((r[0] - (q[0] * c - q[1] * s)).abs() < 1e-6);
+        assert!((r[1] - (q[0] * s + q[1] * c)).abs() < 1e-6);
+        let table = RopeTable::new(&config(), 5, 2);
+        assert!((table.cos(1, 0) - 6f32.cos()).abs() < 1e-6);
+        assert!((table.sin(0, 1) - (5.0 * 10_000f64.powf(-0.25)).sin() as f32).abs() < 1e-6);
+    }
 }

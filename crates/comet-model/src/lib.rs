@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
-pub use forward::{FfnActivations, ForwardOptions, KvCache, LogitsMode, Model};
+pub use forward::{FfnActivations, ForwardOptions, KvCache, LogitsMode, Model, RopeTable};
 pub use generate::{generate, GenerationStats};
 pub use gguf::GgufFile;
 pub use sampling::{Sampler, SamplingParams};
