@@ -15,7 +15,8 @@ use crate::{Party, ProtocolError};
 /// Intervals per octave (log2).
 const KNOTS_LOG2: u32 = 4;
 
-/// Spline of `scale/√(y/div + eps)` (RMSNorm folds the division by d and ε into it).
+/// Spline of `1/√(y/div + eps)` (RMSNorm folds the division by d and ε into it), keeping
+/// `precision_bits` significant bits per band (14 for [`rsqrt()`]).
 pub fn rsqrt_spline(
     in_frac: u32,
     lo: f64,
@@ -23,6 +24,7 @@ pub fn rsqrt_spline(
     out_frac: u32,
     div: f64,
     eps: f64,
+    precision_bits: u32,
 ) -> Result<HatSpline, ProtocolError> {
     if !(div > 0.0 && eps >= 0.0) {
         return Err(ProtocolError::Range(format!(
@@ -37,7 +39,7 @@ pub fn rsqrt_spline(
             in_frac,
             out_frac,
             knots_log2: KNOTS_LOG2,
-            precision_bits: 14,
+            precision_bits,
         },
     )
 }
@@ -53,7 +55,7 @@ pub fn rsqrt(
     out_frac: u32,
 ) -> Result<Vec<u64>, ProtocolError> {
     let _scope = p.scope("rsqrt");
-    rsqrt_spline(in_frac, lo, hi, out_frac, 1.0, 0.0)?.eval(p, x)
+    rsqrt_spline(in_frac, lo, hi, out_frac, 1.0, 0.0, 14)?.eval(p, x)
 }
 
 #[cfg(test)]
@@ -66,7 +68,7 @@ mod tests {
     #[test]
     fn rsqrt_relative_error_is_below_bound() {
         let (lo, hi) = (2f64.powi(-10), 2f64.powi(22));
-        let s = rsqrt_spline(24, lo, hi, 30, 1.0, 0.0).unwrap();
+        let s = rsqrt_spline(24, lo, hi, 30, 1.0, 0.0, 14).unwrap();
         let worst = sweep_relative(&s, |y| 1.0 / y.sqrt(), lo, hi, 200_000);
         assert!(worst <= 2f64.powi(-10), "rsqrt relative error {worst}");
         println!("rsqrt on [2^-10, 2^22] (in 24, out 30 bits): {} knots, max rel error {worst:.3e} (2^{:.2})", s.knot_count(), worst.log2());
