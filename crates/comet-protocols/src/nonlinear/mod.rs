@@ -53,7 +53,7 @@ pub use norm::{layer_norm, rms_norm, NORM_MEAN_SQUARE_RANGE};
 pub use reciprocal::reciprocal;
 pub use rsqrt::rsqrt;
 pub use silu::{silu, SILU_RANGE};
-pub use softmax::{softmax_rows, SoftmaxOptions};
+pub use softmax::{softmax_rows, softmax_rows_masked, softmax_rows_with, SoftmaxOptions};
 pub use spline::HatSpline;
 
 /// Signed width (bits) of activations entering the element-wise nonlinear gates: inputs must

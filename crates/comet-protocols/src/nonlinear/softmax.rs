@@ -59,6 +59,29 @@ pub fn softmax_rows_with(
     causal: Option<usize>,
     opts: SoftmaxOptions,
 ) -> Result<Vec<u64>, ProtocolError> {
+    softmax_rows_masked(
+        p,
+        x,
+        rows,
+        cols,
+        &|i, j| causal.is_none_or(|o| j <= o + i),
+        opts,
+    )
+}
+
+/// Softmax of each row over the columns a **public** predicate `visible(row, col)` admits
+/// (for example a causal mask that restarts for every head: `|i, j| j <= start + i % m`).
+/// Masked entries are skipped by the max (replaced by a public very negative constant), by
+/// exp and by the product, and are exactly 0 in the output; a row with no visible column is
+/// all zeros. Same rounds and error as [`softmax_rows`].
+pub fn softmax_rows_masked(
+    p: &mut Party,
+    x: &[u64],
+    rows: usize,
+    cols: usize,
+    visible: &(dyn Fn(usize, usize) -> bool + Sync),
+    opts: SoftmaxOptions,
+) -> Result<Vec<u64>, ProtocolError> {
     let total = rows
         .checked_mul(cols)
         .ok_or_else(|| ProtocolError::Shape(format!("softmax {rows} × {cols}")))?;
@@ -74,7 +97,9 @@ pub fn softmax_rows_with(
         )));
     }
     let _scope = p.scope("softmax");
-    let visible = |i: usize, j: usize| causal.is_none_or(|o| j <= o + i);
+    if !(0..rows).any(|i| (0..cols).any(|j| visible(i, j))) {
+        return Ok(vec![0; total]);
+    }
     let cmp_bits = ACTIVATION_BITS - 1;
     let pad = (1u64 << (cmp_bits - 2)).wrapping_neg();
     let is_p0 = p.is_p0();
@@ -131,11 +156,21 @@ mod tests {
     use comet_core::Prg;
 
     fn ideal(x: &[f64], rows: usize, cols: usize, causal: Option<usize>) -> Vec<f64> {
+        ideal_masked(x, rows, cols, &|i, j| causal.is_none_or(|o| j <= o + i))
+    }
+
+    fn ideal_masked(
+        x: &[f64],
+        rows: usize,
+        cols: usize,
+        visible: &dyn Fn(usize, usize) -> bool,
+    ) -> Vec<f64> {
         let mut out = vec![0.0; x.len()];
         for i in 0..rows {
-            let vis: Vec<usize> = (0..cols)
-                .filter(|&j| causal.is_none_or(|o| j <= o + i))
-                .collect();
+            let vis: Vec<usize> = (0..cols).filter(|&j| visible(i, j)).collect();
+            if vis.is_empty() {
+                continue;
+            }
             let m = vis
                 .iter()
                 .map(|&j| x[i * cols + j])
@@ -163,6 +198,38 @@ mod tests {
         let expected_rounds = (cols as f64).log2().ceil() as u64 + 6;
         assert_eq!(m.rounds, expected_rounds);
         (worst, m.rounds)
+    }
+
+    #[test]
+    fn per_head_causal_mask_and_empty_rows() {
+        let mut prg = Prg::from_seed([26; 16]);
+        let (heads, m, start) = (2, 3, 2);
+        let (rows, cols) = (heads * m, start + m);
+        let x: Vec<f64> = (0..rows * cols)
+            .map(|_| (prg.next_u64() % 20_000) as f64 / 1000.0 - 10.0)
+            .collect();
+        // Row 5 sees nothing (an empty row is all zeros).
+        let visible = |i: usize, j: usize| i != 5 && j <= start + i % m;
+        let enc: Vec<u64> = x.iter().map(|v| encode_at(*v, 12)).collect();
+        let xq: Vec<f64> = enc.iter().map(|&v| dec(v, 12)).collect();
+        let m_out = run_shared(&enc, 27, |p, v| {
+            softmax_rows_masked(p, v, rows, cols, &visible, SoftmaxOptions::default())
+        });
+        let want = ideal_masked(&xq, rows, cols, &visible);
+        for (k, w) in want.iter().enumerate() {
+            if *w == 0.0 {
+                assert_eq!(m_out.out[k], 0);
+            }
+            assert!(
+                (dec(m_out.out[k], 12) - w).abs() <= 2f64.powi(-12),
+                "entry {k}"
+            );
+        }
+        let none = run_shared(&enc, 28, |p, v| {
+            softmax_rows_masked(p, v, rows, cols, &|_, _| false, SoftmaxOptions::default())
+        });
+        assert_eq!(none.out, vec![0; rows * cols]);
+        assert_eq!(none.rounds, 0);
     }
 
     #[test]
