@@ -3,7 +3,8 @@
 use crate::{Party, ProtocolError};
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::InProcessDealer;
-use comet_net::memory_pair;
+use comet_net::shaping::NetProfile;
+use comet_net::memory_pair_shaped;
 
 /// Splits `x` into two additive shares, indexed by party.
 pub fn share_for_test(x: &[u64], prg: &mut Prg) -> [Vec<u64>; 2] {
@@ -26,7 +27,17 @@ pub fn run_pair_with<R: Send>(
     fp: FixedPoint,
     f: impl Fn(&mut Party) -> Result<R, ProtocolError> + Sync,
 ) -> (Result<R, ProtocolError>, Result<R, ProtocolError>) {
-    let (c0, c1) = memory_pair();
+    run_pair_shaped(dealer, fp, NetProfile::none(), f)
+}
+
+/// Like [`run_pair_with`] over a link shaped by `profile` (bandwidth and latency).
+pub fn run_pair_shaped<R: Send>(
+    dealer: &InProcessDealer,
+    fp: FixedPoint,
+    profile: NetProfile,
+    f: impl Fn(&mut Party) -> Result<R, ProtocolError> + Sync,
+) -> (Result<R, ProtocolError>, Result<R, ProtocolError>) {
+    let (c0, c1) = memory_pair_shaped(profile);
     let mut p0 = Party::new(PartyId::P0, Box::new(c0), Box::new(dealer.source(PartyId::P0)), fp);
     let mut p1 = Party::new(PartyId::P1, Box::new(c1), Box::new(dealer.source(PartyId::P1)), fp);
     std::thread::scope(|s| {
