@@ -57,8 +57,8 @@ impl LocalDeployment {
             self.dealer.with(|d| start_kv_session(d, config, capacity, prg))
         };
         let (s0, s1) = memory_pair_shaped(net);
-        let (c0, k0) = memory_pair_shaped(net);
-        let (c1, k1) = memory_pair_shaped(net);
+        let (c0, k0) = client_pair(net);
+        let (c1, k1) = client_pair(net);
         let mut handles = Vec::with_capacity(2);
         for (((id, link), client_end), seeds) in
             [PartyId::P0, PartyId::P1].into_iter().zip([s0, s1]).zip([k0, k1]).zip(seeds)
@@ -80,6 +80,15 @@ impl LocalDeployment {
         let client = Client::new([Box::new(c0), Box::new(c1)], self.config.vocab_size, self.fp, capacity);
         Ok(LocalSession { client: Some(client), handles })
     }
+}
+
+/// How long a client or server waits on the client link: a step runs the whole model between
+/// two messages, so this is much longer than the per-protocol-step timeout between servers.
+pub const CLIENT_LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
+
+fn client_pair(net: NetProfile) -> (comet_net::MemoryChannel, comet_net::MemoryChannel) {
+    let (a, b) = memory_pair_shaped(net);
+    (a.with_timeout(CLIENT_LINK_TIMEOUT), b.with_timeout(CLIENT_LINK_TIMEOUT))
 }
 
 /// Fails unless a session of `capacity` positions fits the model.
