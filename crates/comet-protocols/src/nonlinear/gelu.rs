@@ -7,8 +7,8 @@
 //!   max abs error ≤ 2^-9 at f = 12, measured in `gelu_error_is_below_bound`.
 //! * Cost: 2 rounds, 16 bytes per element each way.
 
-use super::gelu_f64;
 use super::silu::relu_minus_even_table;
+use super::{gelu_f64, ACTIVATION_BITS};
 use crate::{Party, ProtocolError};
 
 /// The table covers |x| < GELU_RANGE; beyond it GeLU is replaced by ReLU exactly.
@@ -17,8 +17,13 @@ pub const GELU_RANGE: f64 = 8.0;
 /// Ideal functionality: shares of GeLU(x) = x·Φ(x) at the party's scale f, with max abs error
 /// ≤ 2^-9 on [−8, 8) and exactly ReLU(x) outside (0 below −8, x from 8 on). Two rounds.
 pub fn gelu(p: &mut Party, x: &[u64]) -> Result<Vec<u64>, ProtocolError> {
+    gelu_with_bits(p, x, ACTIVATION_BITS)
+}
+
+/// [`gelu`] for inputs known to satisfy |x| < 2^(bits − 2) ring units (smaller keys).
+pub fn gelu_with_bits(p: &mut Party, x: &[u64], bits: u32) -> Result<Vec<u64>, ProtocolError> {
     let _scope = p.scope("gelu");
-    relu_minus_even_table(p, x, "gelu", |v| v.max(0.0) - gelu_f64(v), 3)
+    relu_minus_even_table(p, x, "gelu", |v| v.max(0.0) - gelu_f64(v), 3, bits)
 }
 
 #[cfg(test)]

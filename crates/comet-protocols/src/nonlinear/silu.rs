@@ -29,8 +29,14 @@ pub(crate) fn relu_minus_even_table(
     name: &'static str,
     g: impl Fn(f64) -> f64 + Sync,
     range_log2: u32,
+    bits: u32,
 ) -> Result<Vec<u64>, ProtocolError> {
     let f = p.fp.frac_bits;
+    if bits > 64 || bits < range_log2 + f + 3 {
+        return Err(ProtocolError::Range(format!(
+            "{name}: signed width {bits} cannot hold ±2^{range_log2} at {f} fractional bits"
+        )));
+    }
     let shift = f.saturating_sub(INDEX_FRAC_BITS);
     let index_frac = f - shift;
     let index_bits = range_log2 + 1 + index_frac;
@@ -41,7 +47,7 @@ pub(crate) fn relu_minus_even_table(
         index_bits,
         gate: vec![(bound.wrapping_neg(), 1), (bound, u64::MAX)],
         table,
-        cmp_bits: ACTIVATION_BITS,
+        cmp_bits: bits,
     };
     let out = gated_lookup(p, x, &spec, true)?;
     let relu = out
@@ -53,8 +59,15 @@ pub(crate) fn relu_minus_even_table(
 /// Ideal functionality: shares of SiLU(x) = x/(1 + e^−x) at the party's scale f, with max abs
 /// error ≤ 2^-9 on [−16, 16) and exactly ReLU(x) outside. Two rounds.
 pub fn silu(p: &mut Party, x: &[u64]) -> Result<Vec<u64>, ProtocolError> {
+    silu_with_bits(p, x, ACTIVATION_BITS)
+}
+
+/// [`silu`] for inputs known to satisfy |x| < 2^(bits − 2) ring units: a smaller `bits`
+/// shrinks the comparison keys (≈ 66 bytes per bit per element offline; at f = 12,
+/// `bits = 24` still allows |x| < 1024, far above SmolLM2's gate values ≤ 49).
+pub fn silu_with_bits(p: &mut Party, x: &[u64], bits: u32) -> Result<Vec<u64>, ProtocolError> {
     let _scope = p.scope("silu");
-    relu_minus_even_table(p, x, "silu", |v| v.max(0.0) - silu_f64(v), 4)
+    relu_minus_even_table(p, x, "silu", |v| v.max(0.0) - silu_f64(v), 4, bits)
 }
 
 #[cfg(test)]
@@ -131,5 +144,24 @@ pub(crate) mod tests {
     #[test]
     fn silu_error_is_below_bound() {
         check_activation("silu", silu_f64, silu, SILU_RANGE, 2f64.powi(-9));
+    }
+
+    #[test]
+    fn narrow_keys_give_the_same_function() {
+        let xs: Vec<u64> = [-1000.0, -16.0, -3.3, 0.0, 0.7, 15.9, 16.0, 1000.0]
+            .iter()
+            .map(|v| encode_at(*v, 12))
+            .collect();
+        let wide = run_shared(&xs, 41, silu);
+        let narrow = run_shared(&xs, 41, |p, x| silu_with_bits(p, x, 24));
+        for (a, b) in wide.out.iter().zip(&narrow.out) {
+            assert!((*a as i64 - *b as i64).abs() <= 16, "{a} vs {b}");
+        }
+        assert!(narrow.offline_bytes < wide.offline_bytes);
+        let bad = crate::testing::run_pair(
+            &comet_dealer::InProcessDealer::new(comet_dealer::Dealer::new()),
+            |p| silu_with_bits(p, &[0], 18),
+        );
+        assert!(matches!(bad.0, Err(ProtocolError::Range(_))));
     }
 }
