@@ -3,6 +3,10 @@
 //!
 //! Quick tour: [`load`] opens a GGUF file and returns a [`Model`] and its [`Tokenizer`];
 //! [`Model::forward`] runs tokens after a [`KvCache`]; [`generate()`] drives prefill + decode.
+//! [`testing`] writes tiny random llama GGUF files for fast tests.
+//!
+//! Speed: `cargo run --release -p comet-model --example speed [MODEL] [PROMPT_TOKENS] [DECODE_TOKENS]`
+//! prints prefill and decode tokens/s (wall clock and per CPU-second).
 
 pub mod config;
 pub mod error;
