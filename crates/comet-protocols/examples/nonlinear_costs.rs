@@ -211,6 +211,14 @@ fn main() {
         let (x, q) = encode(&uniform(&mut prg, n, -20.0, 20.0));
         let ideal: Vec<f64> = q.iter().map(|v| silu_f64(*v)).collect();
         measure("silu [-20,20]", &x, &|p, v| nonlinear::silu(p, v), &ideal);
+        if n == 1536 {
+            measure(
+                "silu_with_bits 24 [-20,20]",
+                &x,
+                &|p, v| nonlinear::silu_with_bits(p, v, 24),
+                &ideal,
+            );
+        }
         let ideal: Vec<f64> = q.iter().map(|v| gelu_f64(*v)).collect();
         measure("gelu [-20,20]", &x, &|p, v| nonlinear::gelu(p, v), &ideal);
     }
