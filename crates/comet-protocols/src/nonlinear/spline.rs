@@ -63,6 +63,10 @@ pub struct SplineConfig {
     pub precision_bits: u32,
 }
 
+/// Largest number of knots (log2) a spline may use: every knot costs one DCF evaluation per
+/// element.
+const MAX_KNOTS_LOG2: u32 = 16;
+
 /// One band: basis functions of one octave, truncated together.
 #[derive(Clone, Debug)]
 struct Band {
@@ -148,7 +152,15 @@ impl HatSpline {
             }
             let width_log2 = natural.min(cap) as u32;
             let start = 1u64 << (e + fi);
-            let count = 1u64 << ((e + fi) as u32 - width_log2);
+            let count_log2 = (e + fi) as u32 - width_log2;
+            if count_log2 > MAX_KNOTS_LOG2
+                || knots.len() + (1usize << count_log2) > 1 << MAX_KNOTS_LOG2
+            {
+                return Err(ProtocolError::Range(format!(
+                    "spline needs more than 2^{MAX_KNOTS_LOG2} knots (octave 2^{e}, {cfg:?})"
+                )));
+            }
+            let count = 1u64 << count_log2;
             for t in 0..count {
                 knots.push(start + (t << width_log2));
             }
