@@ -3,6 +3,9 @@
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 
+/// Largest accepted size of any single dimension (layers, widths, heads, vocabulary, context).
+pub const MAX_DIMENSION: usize = 1 << 24;
+
 /// Shape and numeric constants of a llama-family decoder (everything the forward needs
 /// besides the weights).
 #[derive(Debug, Clone, PartialEq)]
@@ -54,11 +57,12 @@ impl LlamaConfig {
         let norm_eps = gguf
             .get_f64_opt("llama.attention.layer_norm_rms_epsilon")?
             .unwrap_or(1e-5);
+        // Every size must be positive and small enough that products of two cannot overflow.
         let positive = |key: &str, v: usize| {
-            if v == 0 {
+            if v == 0 || v > MAX_DIMENSION {
                 Err(ModelError::BadMetadata {
                     key: key.to_string(),
-                    message: "must be > 0".into(),
+                    message: format!("{v} is not in 1..={MAX_DIMENSION}"),
                 })
             } else {
                 Ok(v)
@@ -88,7 +92,8 @@ impl LlamaConfig {
                 d_model / n_heads
             }
         };
-        if head_dim == 0 || head_dim % 2 != 0 {
+        positive("llama.attention.key_length", head_dim)?;
+        if head_dim % 2 != 0 {
             return Err(ModelError::BadMetadata {
                 key: "llama.attention.key_length".into(),
                 message: format!("head width {head_dim} must be even and > 0"),
@@ -160,18 +165,13 @@ impl LlamaConfig {
     }
 
     /// Number of parameters (the tied LM head counted once).
-    pub fn n_params(&self) -> usize {
-        let d = self.d_model;
-        let per_layer = 2 * d
-            + d * self.q_dim()
-            + 2 * d * self.kv_dim()
-            + self.q_dim() * d
-            + 3 * d * self.ffn_dim;
-        let head = if self.tied_lm_head {
-            0
-        } else {
-            self.vocab_size * d
-        };
-        self.vocab_size * d + self.n_layers * per_layer + d + head
+    pub fn n_params(&self) -> u128 {
+        let [d, v, f, l] =
+            [self.d_model, self.vocab_size, self.ffn_dim, self.n_layers].map(|x| x as u128);
+        let q = self.n_heads as u128 * self.head_dim as u128;
+        let kv = self.n_kv_heads as u128 * self.head_dim as u128;
+        let per_layer = 2 * d + 2 * d * q + 2 * d * kv + 3 * d * f;
+        let head = if self.tied_lm_head { 0 } else { v * d };
+        v * d + l * per_layer + d + head
     }
 }

@@ -86,6 +86,11 @@ impl LlamaWeights {
     /// Checks every tensor's presence, type and shape against `config`, then reads and
     /// dequantizes all of them (in parallel).
     pub fn from_gguf(gguf: &GgufFile, config: &LlamaConfig) -> Result<Self> {
+        // Check layer by layer before building the whole plan, so that a header claiming
+        // absurdly many layers fails at the first missing tensor instead of allocating a plan.
+        for l in 0..config.n_layers {
+            gguf.check_tensor(&format!("blk.{l}.attn_norm.weight"), &[config.d_model])?;
+        }
         let names = tensor_plan(config);
         for (name, shape) in &names {
             gguf.check_tensor(name, shape)?;

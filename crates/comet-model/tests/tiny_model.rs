@@ -253,6 +253,8 @@ fn missing_and_mistyped_metadata_are_reported() {
     let cases: Vec<(&str, gguf_file::Value)> = vec![
         ("llama.block_count", gguf_file::Value::String("two".into())),
         ("llama.attention.head_count_kv", gguf_file::Value::U32(3)),
+        ("llama.embedding_length", gguf_file::Value::U64(u64::MAX)),
+        ("llama.attention.key_length", gguf_file::Value::U32(0)),
         ("llama.rope.dimension_count", gguf_file::Value::U32(8)),
         ("llama.rope.freq_base", gguf_file::Value::F32(-1.0)),
         (
@@ -282,6 +284,19 @@ fn missing_and_mistyped_metadata_are_reported() {
             "{key}: {err}"
         );
     }
+    // A header claiming a million layers fails fast at the first layer that is not there.
+    let path = tiny(
+        "tiny-many-layers.gguf",
+        &TinyLlamaOptions {
+            metadata_override: vec![("llama.block_count".into(), gguf_file::Value::U32(1 << 20))],
+            ..Default::default()
+        },
+    );
+    let err = load_err(&path);
+    assert!(
+        matches!(&err, ModelError::MissingTensor { name } if name == "blk.2.attn_norm.weight"),
+        "{err}"
+    );
     // Merges naming tokens that are not in the vocabulary: a tokenizer error, not a panic.
     let path = tiny(
         "tiny-bad-merge.gguf",
