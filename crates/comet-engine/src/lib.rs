@@ -8,6 +8,8 @@
 //! * [`nl`]: the nonlinear steps with the ranges the model needs.
 //! * [`session`]: the client ↔ server messages of a generation session.
 //! * [`local`]: the default one-process deployment and the generation driver.
+//! * [`shares`]: model shares on disk (`comet share-model`), checked against the model hash.
+//! * [`remote`]: session start-up between separate processes (client, servers, dealer).
 //! * [`report`]: per-step cost records and the cost report.
 
 pub mod error;
@@ -16,8 +18,10 @@ pub mod kv;
 pub mod local;
 pub mod model;
 pub mod nl;
+pub mod remote;
 pub mod report;
 pub mod session;
+pub mod shares;
 
 pub use error::{EngineError, Result};
 pub use local::{generate, Generation, LocalDeployment, LocalSession};
