@@ -30,6 +30,8 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Every 2PC protocol at a realistic size: time, bytes, rounds, error.
     Ops(OpsArgs),
+    /// One secure generation on the real model: time, bytes and rounds per token.
+    Generate(crate::secure::BenchGenerateArgs),
 }
 
 /// Arguments of `comet bench ops`.
@@ -50,6 +52,7 @@ pub struct OpsArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Ops(ops) => run_ops(ops),
+        BenchWhat::Generate(g) => crate::secure::bench_generate(g),
     }
 }
 

@@ -2,7 +2,9 @@
 
 mod bench;
 mod keys;
+mod party;
 mod plaintext;
+mod secure;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +28,10 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Benchmarks.
     Bench(bench::BenchArgs),
+    /// Mask a model's weights once and write each party's shares (with the model's hash).
+    ShareModel(party::ShareModelArgs),
+    /// Run one party (p0, p1 or dealer) of a secure session over mutual TLS.
+    Party(party::PartyArgs),
 }
 
 fn main() {
@@ -43,6 +49,8 @@ fn main() {
         Command::Info(args) => plaintext::info(args),
         Command::Keys(args) => keys::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::ShareModel(args) => party::share_model(args),
+        Command::Party(args) => party::party(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -44,6 +44,21 @@ pub struct GenerateArgs {
     /// Print the prompt before the continuation (by default only generated text is printed).
     #[arg(long)]
     pub echo: bool,
+    /// Secure mode: network shaping of every link (none, lan, wan, slow).
+    #[arg(long, default_value = "none")]
+    pub net: String,
+    /// Secure mode: write the cost report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Secure mode: do not print the cost table to stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Secure mode with separate server processes: `p0=HOST:PORT,p1=HOST:PORT`.
+    #[arg(long)]
+    pub remote: Option<String>,
+    /// Directory with ca.pem and the client's certificate (with --remote).
+    #[arg(long, requires = "remote")]
+    pub certs: Option<PathBuf>,
 }
 
 /// Arguments of `comet eval`.
@@ -52,6 +67,16 @@ pub struct EvalArgs {
     /// Run the plaintext reference forward (no secure computation).
     #[arg(long)]
     pub plaintext: bool,
+    /// Run the secure engine on the first --max-tokens tokens (default 32) and compare its
+    /// logits with the plaintext reference.
+    #[arg(long, conflicts_with = "plaintext")]
+    pub secure: bool,
+    /// Secure mode: network shaping of every link (none, lan, wan, slow).
+    #[arg(long, default_value = "none")]
+    pub net: String,
+    /// Secure mode: write the comparison as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// UTF-8 text file to score.
     #[arg(long, value_name = "FILE")]
     pub text: PathBuf,
@@ -83,7 +108,7 @@ pub struct InfoArgs {
 /// `comet generate`: streams the continuation of the prompt to stdout, speed to stderr.
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     if !args.plaintext {
-        bail!("secure generation is not available yet; use --plaintext");
+        return crate::secure::generate_command(args);
     }
     let temperature_ok = args.temperature.is_finite() && args.temperature >= 0.0;
     if !temperature_ok || args.top_p.is_nan() || args.top_p <= 0.0 || args.top_p > 1.0 {
@@ -147,8 +172,17 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 /// `comet eval`: mean negative log-likelihood, perplexity and speed over a text file.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    if args.secure {
+        return crate::secure::eval(crate::secure::SecureEvalOptions {
+            text: args.text,
+            model: args.model,
+            max_tokens: args.max_tokens.unwrap_or(32),
+            net: crate::secure::parse_net(&args.net)?,
+            report: args.report,
+        });
+    }
     if !args.plaintext {
-        bail!("secure evaluation is not available yet; use --plaintext");
+        bail!("choose --plaintext or --secure");
     }
     let text = std::fs::read_to_string(&args.text)
         .with_context(|| format!("reading {}", args.text.display()))?;
