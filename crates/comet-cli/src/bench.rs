@@ -281,7 +281,7 @@ fn cases(prg: &mut Prg) -> Vec<Case> {
         F,
         F,
         qx.clone(),
-        Box::new(|p, s| arith::open(p, &s[0])),
+        Box::new(|p, s| Ok(as_p0_share(p, arith::open(p, &s[0])?))),
     ));
     let sum: Vec<f64> = qx.iter().zip(&qy).map(|(a, b)| a + b).collect();
     v.push(case(
@@ -527,10 +527,11 @@ fn cases(prg: &mut Prg) -> Vec<Case> {
         0,
         bits,
         Box::new(|p, s| {
-            Ok(shuffle::open_shuffled_bits(p, &s[0])?
+            let opened = shuffle::open_shuffled_bits(p, &s[0])?
                 .into_iter()
-                .map(|b| if p.is_p0() { b as u64 } else { 0 })
-                .collect())
+                .map(u64::from)
+                .collect();
+            Ok(as_p0_share(p, opened))
         }),
     ));
     v
