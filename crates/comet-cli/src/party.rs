@@ -40,8 +40,14 @@ pub struct ShareModelArgs {
 pub fn share_model(args: ShareModelArgs) -> anyhow::Result<()> {
     let (model, _, path) = crate::secure::load_model(args.model.as_deref())?;
     let hash = file_sha256(&path)?;
-    let manifest = write_shares(&model, &hash, FixedPoint::new(12), &args.out, &mut Prg::from_entropy())
-        .with_context(|| format!("writing shares to {}", args.out.display()))?;
+    let manifest = write_shares(
+        &model,
+        &hash,
+        FixedPoint::new(12),
+        &args.out,
+        &mut Prg::from_entropy(),
+    )
+    .with_context(|| format!("writing shares to {}", args.out.display()))?;
     println!(
         "wrote shares of {} ({} weights, sha256 {}) to {}",
         path.display(),
@@ -92,11 +98,16 @@ pub fn parse_peers(text: &str) -> anyhow::Result<HashMap<String, String>> {
 }
 
 fn peer<'a>(peers: &'a HashMap<String, String>, role: &str) -> anyhow::Result<&'a str> {
-    peers.get(role).map(String::as_str).with_context(|| format!("--peers lacks the address of {role}"))
+    peers
+        .get(role)
+        .map(String::as_str)
+        .with_context(|| format!("--peers lacks the address of {role}"))
 }
 
 fn model_config(model: Option<&Path>) -> anyhow::Result<(LlamaConfig, String, PathBuf)> {
-    let path = model.map(Path::to_path_buf).unwrap_or_else(comet_model::default_model_path);
+    let path = model
+        .map(Path::to_path_buf)
+        .unwrap_or_else(comet_model::default_model_path);
     let gguf = GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let config = LlamaConfig::from_gguf(&gguf)?;
     Ok((config, file_sha256(&path)?, path))
@@ -110,10 +121,18 @@ fn boxed(c: comet_net::TcpChannel) -> Box<dyn Channel> {
 pub fn party(args: PartyArgs) -> anyhow::Result<()> {
     let net = crate::secure::parse_net(&args.net)?;
     let peers = parse_peers(&args.peers)?;
-    let identity = TlsIdentity::load(&args.certs, &args.role)
-        .with_context(|| format!("loading the {} certificate from {}", args.role, args.certs.display()))?;
+    let identity = TlsIdentity::load(&args.certs, &args.role).with_context(|| {
+        format!(
+            "loading the {} certificate from {}",
+            args.role,
+            args.certs.display()
+        )
+    })?;
     let (config, hash, _) = model_config(args.model.as_deref())?;
-    let step = TcpOptions::default().with_profile(net).with_timeout(STEP_WAIT).with_connect_timeout(LONG_WAIT);
+    let step = TcpOptions::default()
+        .with_profile(net)
+        .with_timeout(STEP_WAIT)
+        .with_connect_timeout(LONG_WAIT);
     let long = step.with_timeout(LONG_WAIT);
     match args.role.as_str() {
         "dealer" => {
@@ -126,7 +145,11 @@ pub fn party(args: PartyArgs) -> anyhow::Result<()> {
             eprintln!("dealer: session finished");
         }
         "p0" | "p1" => {
-            let id = if args.role == "p0" { PartyId::P0 } else { PartyId::P1 };
+            let id = if args.role == "p0" {
+                PartyId::P0
+            } else {
+                PartyId::P1
+            };
             let model = load_server_model(&args.shares, id, &config, &hash)?;
             let listener = Listener::bind(&args.listen, &identity, long)?;
             eprintln!("{} listening on {}", args.role, listener.local_addr());
@@ -141,7 +164,10 @@ pub fn party(args: PartyArgs) -> anyhow::Result<()> {
             };
             let summary = server_session(id, &model, boxed(client), boxed(other), boxed(dealer))
                 .with_context(|| format!("{} failed", args.role))?;
-            eprintln!("{}: session finished after {} steps", args.role, summary.steps);
+            eprintln!(
+                "{}: session finished after {} steps",
+                args.role, summary.steps
+            );
         }
         other => bail!("--role {other}: expected p0, p1 or dealer"),
     }
@@ -160,27 +186,50 @@ pub struct RemoteClientOptions {
 }
 
 /// `comet generate --remote`: the client of a session with separate server processes.
-pub fn remote_generate(opts: RemoteClientOptions, gen: crate::secure::SecureGenerateOptions) -> anyhow::Result<()> {
+pub fn remote_generate(
+    opts: RemoteClientOptions,
+    gen: crate::secure::SecureGenerateOptions,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let peers = parse_peers(&opts.remote)?;
-    let identity = TlsIdentity::load(&opts.certs, "client")
-        .with_context(|| format!("loading the client certificate from {}", opts.certs.display()))?;
-    let path = gen.model.clone().unwrap_or_else(comet_model::default_model_path);
+    let identity = TlsIdentity::load(&opts.certs, "client").with_context(|| {
+        format!(
+            "loading the client certificate from {}",
+            opts.certs.display()
+        )
+    })?;
+    let path = gen
+        .model
+        .clone()
+        .unwrap_or_else(comet_model::default_model_path);
     let gguf = GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let config = LlamaConfig::from_gguf(&gguf)?;
     let tokenizer = comet_model::Tokenizer::from_gguf(&gguf)?;
-    let prompt = tokenizer.encode(&gen.text).context("tokenizing the prompt")?;
+    let prompt = tokenizer
+        .encode(&gen.text)
+        .context("tokenizing the prompt")?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
     if prompt.len() > config.context_length {
-        bail!("the prompt has {} tokens, longer than the model's context of {}", prompt.len(), config.context_length);
+        bail!(
+            "the prompt has {} tokens, longer than the model's context of {}",
+            prompt.len(),
+            config.context_length
+        );
     }
     let capacity = capacity_for(prompt.len(), gen.max_tokens).min(config.context_length);
-    let tcp = TcpOptions::default().with_profile(opts.net).with_timeout(LONG_WAIT);
+    let tcp = TcpOptions::default()
+        .with_profile(opts.net)
+        .with_timeout(LONG_WAIT);
     let p0 = connect(peer(&peers, "p0")?, &identity, "p0", tcp).context("connecting to p0")?;
     let p1 = connect(peer(&peers, "p1")?, &identity, "p1", tcp).context("connecting to p1")?;
-    let mut client = client_connect([boxed(p0), boxed(p1)], config.vocab_size, FixedPoint::new(12), capacity)?;
+    let mut client = client_connect(
+        [boxed(p0), boxed(p1)],
+        config.vocab_size,
+        FixedPoint::new(12),
+        capacity,
+    )?;
     let mut sampler = Sampler::new(gen.sampling);
     let stops = tokenizer.stop_token_ids();
     let mut streamer = tokenizer.streamer();
@@ -190,13 +239,21 @@ pub fn remote_generate(opts: RemoteClientOptions, gen: crate::secure::SecureGene
         write!(out, "{echo}")?;
     }
     let max_tokens = gen.max_tokens.min(config.context_length + 1 - prompt.len());
-    let result = comet_engine::generate(&mut client, &prompt, max_tokens, &mut sampler, &stops, &gen.net_name, |id| {
-        if !stops.contains(&id) {
-            let piece = streamer.push(id)?;
-            let _ = write!(out, "{piece}").and_then(|_| out.flush());
-        }
-        Ok(())
-    });
+    let result = comet_engine::generate(
+        &mut client,
+        &prompt,
+        max_tokens,
+        &mut sampler,
+        &stops,
+        &gen.net_name,
+        |id| {
+            if !stops.contains(&id) {
+                let piece = streamer.push(id)?;
+                let _ = write!(out, "{piece}").and_then(|_| out.flush());
+            }
+            Ok(())
+        },
+    );
     writeln!(out)?;
     let generation = result.context("secure generation failed")?;
     client.finish()?;

@@ -49,7 +49,9 @@ fn spinner(message: String) -> ProgressBar {
 
 /// Loads the model and its tokenizer with a spinner.
 pub fn load_model(path: Option<&Path>) -> anyhow::Result<(Model, Tokenizer, PathBuf)> {
-    let path = path.map(Path::to_path_buf).unwrap_or_else(comet_model::default_model_path);
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(comet_model::default_model_path);
     let bar = spinner(format!("loading {}", path.display()));
     let loaded = comet_model::load(&path);
     bar.finish_and_clear();
@@ -70,14 +72,19 @@ pub fn share_in_process(model: &Model) -> anyhow::Result<LocalDeployment> {
 /// `comet generate` without `--plaintext`: streams the securely generated continuation.
 pub fn generate(opts: SecureGenerateOptions) -> anyhow::Result<GenerationReport> {
     let (model, tokenizer, _) = load_model(opts.model.as_deref())?;
-    let prompt = tokenizer.encode(&opts.text).context("tokenizing the prompt")?;
+    let prompt = tokenizer
+        .encode(&opts.text)
+        .context("tokenizing the prompt")?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
     let context = model.config().context_length;
     let capacity = capacity_for(prompt.len(), opts.max_tokens);
     if prompt.len() > context {
-        bail!("the prompt has {} tokens, longer than the model's context of {context}", prompt.len());
+        bail!(
+            "the prompt has {} tokens, longer than the model's context of {context}",
+            prompt.len()
+        );
     }
     let capacity = capacity.min(context);
     check_capacity(model.config(), capacity)?;
@@ -96,17 +103,25 @@ pub fn generate(opts: SecureGenerateOptions) -> anyhow::Result<GenerationReport>
     let bar = spinner(format!("secure prefill of {} tokens", prompt.len()));
     let mut first = true;
     let max_tokens = opts.max_tokens.min(context + 1 - prompt.len());
-    let result = secure_generate(session.client(), &prompt, max_tokens, &mut sampler, &stops, &opts.net_name, |id| {
-        if first {
-            bar.finish_and_clear();
-            first = false;
-        }
-        if !stops.contains(&id) {
-            let piece = streamer.push(id)?;
-            let _ = write!(out, "{piece}").and_then(|_| out.flush());
-        }
-        Ok(())
-    });
+    let result = secure_generate(
+        session.client(),
+        &prompt,
+        max_tokens,
+        &mut sampler,
+        &stops,
+        &opts.net_name,
+        |id| {
+            if first {
+                bar.finish_and_clear();
+                first = false;
+            }
+            if !stops.contains(&id) {
+                let piece = streamer.push(id)?;
+                let _ = write!(out, "{piece}").and_then(|_| out.flush());
+            }
+            Ok(())
+        },
+    );
     bar.finish_and_clear();
     let generation = match result {
         Ok(g) => g,
@@ -163,7 +178,8 @@ fn log_softmax_nll(row: &[f32], target: u32) -> f64 {
 /// `comet eval --secure`: teacher-forced comparison of the secure logits with the plaintext
 /// reference on the same tokens.
 pub fn eval(opts: SecureEvalOptions) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&opts.text).with_context(|| format!("reading {}", opts.text.display()))?;
+    let text = std::fs::read_to_string(&opts.text)
+        .with_context(|| format!("reading {}", opts.text.display()))?;
     let (model, tokenizer, path) = load_model(opts.model.as_deref())?;
     let mut tokens = tokenizer.encode(&text).context("tokenizing the text")?;
     if opts.max_tokens == 0 {
@@ -189,7 +205,8 @@ pub fn eval(opts: SecureEvalOptions) -> anyhow::Result<()> {
     };
     session.finish()?;
     let rows = tokens.len();
-    let (mut agree, mut max_err, mut sum_err, mut nll_secure, mut nll_plain) = (0usize, 0f64, 0f64, 0f64, 0f64);
+    let (mut agree, mut max_err, mut sum_err, mut nll_secure, mut nll_plain) =
+        (0usize, 0f64, 0f64, 0f64, 0f64);
     for r in 0..rows {
         let s = &step.logits[r * vocab..(r + 1) * vocab];
         let p = &reference[r * vocab..(r + 1) * vocab];
@@ -222,9 +239,15 @@ pub fn eval(opts: SecureEvalOptions) -> anyhow::Result<()> {
     });
     println!("model:               {}", path.display());
     println!("positions:           {rows} (teacher-forced, one secure prefill)");
-    println!("greedy agreement:    {agree}/{rows} ({:.2}%)", 100.0 * agree as f64 / rows as f64);
+    println!(
+        "greedy agreement:    {agree}/{rows} ({:.2}%)",
+        100.0 * agree as f64 / rows as f64
+    );
     println!("max |logit error|:   {max_err:.4}");
-    println!("mean |logit error|:  {:.5}", sum_err / (rows * vocab) as f64);
+    println!(
+        "mean |logit error|:  {:.5}",
+        sum_err / (rows * vocab) as f64
+    );
     println!(
         "NLL secure / plain:  {:.4} / {:.4} nats (perplexity {:.3} / {:.3})",
         nll_secure / scored,
@@ -263,13 +286,17 @@ pub struct BenchGenerateArgs {
 
 /// Parses a `--net` preset name.
 pub fn parse_net(name: &str) -> anyhow::Result<NetProfile> {
-    name.parse::<NetProfile>().map_err(|e| anyhow::anyhow!("--net {name}: {e}"))
+    name.parse::<NetProfile>()
+        .map_err(|e| anyhow::anyhow!("--net {name}: {e}"))
 }
 
 /// `comet bench generate`: one secure greedy generation with its cost report.
 pub fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
     if args.mode != "dense" {
-        bail!("--mode {} is not built yet; only `dense` is available", args.mode);
+        bail!(
+            "--mode {} is not built yet; only `dense` is available",
+            args.mode
+        );
     }
     let net = parse_net(&args.net)?;
     let report = generate(SecureGenerateOptions {
@@ -302,8 +329,12 @@ pub fn generate_command(args: crate::plaintext::GenerateArgs) -> anyhow::Result<
         bail!("--fixed-point only applies to --plaintext (the secure engine uses f = 12)");
     }
     let text = if args.chat {
-        let path = args.model.clone().unwrap_or_else(comet_model::default_model_path);
-        let gguf = comet_model::GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let path = args
+            .model
+            .clone()
+            .unwrap_or_else(comet_model::default_model_path);
+        let gguf = comet_model::GgufFile::open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         Tokenizer::from_gguf(&gguf)?.chat_prompt(&args.prompt)
     } else {
         args.prompt.clone()
@@ -317,7 +348,11 @@ pub fn generate_command(args: crate::plaintext::GenerateArgs) -> anyhow::Result<
         echo: (args.echo && !args.chat).then(|| args.prompt.clone()),
         model: args.model,
         max_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, top_p: args.top_p, seed },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed,
+        },
         net: parse_net(&args.net)?,
         net_name: args.net.clone(),
         report: args.report,
@@ -326,7 +361,10 @@ pub fn generate_command(args: crate::plaintext::GenerateArgs) -> anyhow::Result<
     if let Some(remote) = args.remote {
         let certs = args.certs.context("--remote needs --certs DIR")?;
         let net = options.net;
-        return crate::party::remote_generate(crate::party::RemoteClientOptions { remote, certs, net }, options);
+        return crate::party::remote_generate(
+            crate::party::RemoteClientOptions { remote, certs, net },
+            options,
+        );
     }
     generate(options).map(|_| ())
 }

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_comet");
 
 fn comet(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("RUST_LOG", "warn").output().expect("runs comet")
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("runs comet")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -35,7 +39,11 @@ impl Setup {
         let shares = root.join("shares").display().to_string();
         let out = comet(&["share-model", "--model", &model, "--out", &shares]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        Self { _dir: dir, root, model }
+        Self {
+            _dir: dir,
+            root,
+            model,
+        }
     }
 
     fn path(&self, name: &str) -> String {
@@ -44,7 +52,11 @@ impl Setup {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Parties {
@@ -63,13 +75,25 @@ impl Drop for Parties {
 }
 
 fn start_parties(s: &Setup, net: &str) -> Parties {
-    let [p0, p1, dealer] = [free_port(), free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
+    let [p0, p1, dealer] =
+        [free_port(), free_port(), free_port()].map(|p| format!("127.0.0.1:{p}"));
     let peers = format!("p0={p0},p1={p1},dealer={dealer}");
     let mut children = Vec::new();
     for (role, listen) in [("dealer", &dealer), ("p1", &p1), ("p0", &p0)] {
         let child = Command::new(BIN)
-            .args(["party", "--role", role, "--listen", listen, "--peers", &peers])
-            .args(["--certs", &s.path("certs"), "--shares", &s.path("shares"), "--model", &s.model, "--net", net])
+            .args([
+                "party", "--role", role, "--listen", listen, "--peers", &peers,
+            ])
+            .args([
+                "--certs",
+                &s.path("certs"),
+                "--shares",
+                &s.path("shares"),
+                "--model",
+                &s.model,
+                "--net",
+                net,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -116,9 +140,25 @@ fn remote_args<'a>(s: &'a Setup, parties: &'a Parties, certs: &'a str) -> Vec<St
 fn one_process_and_multi_process_secure_generation_match_plaintext() {
     let s = Setup::new();
     let prompt = "the cat";
-    let plain = comet(&["generate", prompt, "--model", &s.model, "--max-tokens", "6", "--plaintext"]);
+    let plain = comet(&[
+        "generate",
+        prompt,
+        "--model",
+        &s.model,
+        "--max-tokens",
+        "6",
+        "--plaintext",
+    ]);
     assert!(plain.status.success(), "{}", text(&plain.stderr));
-    let local = comet(&["generate", prompt, "--model", &s.model, "--max-tokens", "6", "--quiet"]);
+    let local = comet(&[
+        "generate",
+        prompt,
+        "--model",
+        &s.model,
+        "--max-tokens",
+        "6",
+        "--quiet",
+    ]);
     assert!(local.status.success(), "{}", text(&local.stderr));
     assert_eq!(text(&local.stdout), text(&plain.stdout));
 
@@ -140,20 +180,50 @@ fn bad_requests_fail_with_clear_errors() {
     let s = Setup::new();
     let empty = comet(&["generate", "", "--model", &s.model]);
     assert!(!empty.status.success());
-    assert!(text(&empty.stderr).contains("empty"), "{}", text(&empty.stderr));
+    assert!(
+        text(&empty.stderr).contains("empty"),
+        "{}",
+        text(&empty.stderr)
+    );
     let long_prompt = "a b ".repeat(200);
-    let long = comet(&["generate", &long_prompt, "--model", &s.model, "--max-tokens", "2"]);
+    let long = comet(&[
+        "generate",
+        &long_prompt,
+        "--model",
+        &s.model,
+        "--max-tokens",
+        "2",
+    ]);
     assert!(!long.status.success());
-    assert!(text(&long.stderr).contains("context"), "{}", text(&long.stderr));
+    assert!(
+        text(&long.stderr).contains("context"),
+        "{}",
+        text(&long.stderr)
+    );
     // Shares of this model used with another model file are refused.
     let other = s.root.join("other.gguf");
     comet_model::testing::write_tiny_llama_gguf(&other, 99).unwrap();
     let out = comet(&[
-        "party", "--role", "p0", "--listen", "127.0.0.1:0", "--peers", "p1=127.0.0.1:1,dealer=127.0.0.1:1",
-        "--certs", &s.path("certs"), "--shares", &s.path("shares"), "--model", &other.display().to_string(),
+        "party",
+        "--role",
+        "p0",
+        "--listen",
+        "127.0.0.1:0",
+        "--peers",
+        "p1=127.0.0.1:1,dealer=127.0.0.1:1",
+        "--certs",
+        &s.path("certs"),
+        "--shares",
+        &s.path("shares"),
+        "--model",
+        &other.display().to_string(),
     ]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("do not match"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("do not match"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -167,9 +237,17 @@ fn certificate_from_another_deployment_is_rejected() {
     let out = Command::new(BIN).args(&args).output().unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("error"), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).trim().is_empty(), "no output may be printed: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).trim().is_empty(),
+        "no output may be printed: {}",
+        text(&out.stdout)
+    );
     // p0 refused the handshake and stops with an error.
-    let (_, p0) = parties.children.iter_mut().find(|(r, _)| r == "p0").unwrap();
+    let (_, p0) = parties
+        .children
+        .iter_mut()
+        .find(|(r, _)| r == "p0")
+        .unwrap();
     let status = wait_with_timeout(p0, Duration::from_secs(60)).expect("p0 exits");
     assert!(!status.success());
 }
@@ -180,19 +258,38 @@ fn killing_a_server_mid_generation_stops_every_party_with_an_error() {
     let mut parties = start_parties(&s, "slow");
     let certs = s.path("certs");
     let mut args = remote_args(&s, &parties, &certs);
-    args.extend(["the cat sat".to_string(), "--max-tokens".into(), "60".into()]);
-    let mut client = Command::new(BIN).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    args.extend([
+        "the cat sat".to_string(),
+        "--max-tokens".into(),
+        "60".into(),
+    ]);
+    let mut client = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(6));
-    let (_, p1) = parties.children.iter_mut().find(|(r, _)| r == "p1").unwrap();
+    let (_, p1) = parties
+        .children
+        .iter_mut()
+        .find(|(r, _)| r == "p1")
+        .unwrap();
     p1.kill().unwrap();
-    let status = wait_with_timeout(&mut client, Duration::from_secs(120)).expect("the client exits");
+    let status =
+        wait_with_timeout(&mut client, Duration::from_secs(120)).expect("the client exits");
     let err = stderr_of(&mut client);
     eprintln!("client after the kill: {err}");
     assert!(!status.success(), "the client must fail: {err}");
     assert!(err.contains("error"), "{err}");
     for role in ["p0", "dealer"] {
-        let (_, child) = parties.children.iter_mut().find(|(r, _)| r == role).unwrap();
-        let status = wait_with_timeout(child, Duration::from_secs(120)).unwrap_or_else(|| panic!("{role} hangs"));
+        let (_, child) = parties
+            .children
+            .iter_mut()
+            .find(|(r, _)| r == role)
+            .unwrap();
+        let status = wait_with_timeout(child, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("{role} hangs"));
         if role == "p0" {
             assert!(!status.success(), "p0 must report the lost peer");
         }

@@ -11,15 +11,18 @@ fn main() {
     let (r0, _r1) = run_pair_with(&dealer, FixedPoint::new(12), |p| {
         let x = vec![0u64; m * 576];
         let t = Instant::now();
-        let _ = comet_engine::nl::rms_normalize(p, &x, m, 576, 1e-5).map_err(|e| comet_protocols::ProtocolError::Shape(e.to_string()))?;
+        let _ = comet_engine::nl::rms_normalize(p, &x, m, 576, 1e-5)
+            .map_err(|e| comet_protocols::ProtocolError::Shape(e.to_string()))?;
         let a = t.elapsed();
         let s = vec![0u64; 9 * m * m];
         let t = Instant::now();
-        let _ = comet_engine::nl::causal_softmax(p, &s, 9, m, 0).map_err(|e| comet_protocols::ProtocolError::Shape(e.to_string()))?;
+        let _ = comet_engine::nl::causal_softmax(p, &s, 9, m, 0)
+            .map_err(|e| comet_protocols::ProtocolError::Shape(e.to_string()))?;
         let b = t.elapsed();
         let g = vec![0u64; m * 1536];
         let t = Instant::now();
-        let _ = comet_engine::nl::silu(p, &g).map_err(|e| comet_protocols::ProtocolError::Shape(e.to_string()))?;
+        let _ = comet_engine::nl::silu(p, &g)
+            .map_err(|e| comet_protocols::ProtocolError::Shape(e.to_string()))?;
         let c = t.elapsed();
         Ok((a, b, c))
     });

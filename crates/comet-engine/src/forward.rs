@@ -23,7 +23,14 @@ use comet_protocols::{arith, trunc, Party};
 
 /// Shares of `X·W` after the opening `E = X − A`: `[E·F] + E·B_i + A_i·F + C_i`, the bracket
 /// added by P0 only.
-pub fn product_after_opening(is_p0: bool, e: &[u64], a: &[u64], c: &[u64], w: &FixedWeight, m: usize) -> Vec<u64> {
+pub fn product_after_opening(
+    is_p0: bool,
+    e: &[u64],
+    a: &[u64],
+    c: &[u64],
+    w: &FixedWeight,
+    m: usize,
+) -> Vec<u64> {
     let mut y = c.to_vec();
     if is_p0 {
         let e_side = ring::add(&w.masked, &w.mask_share);
@@ -38,7 +45,13 @@ pub fn product_after_opening(is_p0: bool, e: &[u64], a: &[u64], c: &[u64], w: &F
 /// The token embedding of `m` tokens from the client's opened one-hots `E = X − A`
 /// (`m × vocab`, X at scale 0), with this server's half of the product mask: shares of the
 /// embeddings at scale `f`.
-pub fn embed(p: &Party, model: &ServerModel, e: &[u64], mask: &MatmulMask, m: usize) -> Result<Vec<u64>> {
+pub fn embed(
+    p: &Party,
+    model: &ServerModel,
+    e: &[u64],
+    mask: &MatmulMask,
+    m: usize,
+) -> Result<Vec<u64>> {
     let w = &model.embedding;
     if e.len() != m * w.k || mask.a.len() != m * w.k || mask.c.len() != 1 {
         return Err(EngineError::Session(format!(
@@ -47,7 +60,14 @@ pub fn embed(p: &Party, model: &ServerModel, e: &[u64], mask: &MatmulMask, m: us
             w.k
         )));
     }
-    Ok(product_after_opening(p.is_p0(), e, &mask.a, &mask.c[0], w, m))
+    Ok(product_after_opening(
+        p.is_p0(),
+        e,
+        &mask.a,
+        &mask.c[0],
+        w,
+        m,
+    ))
 }
 
 /// Runs `m` new positions (shares of their embeddings `x`, `m × d` at scale `f`) through all
@@ -147,7 +167,10 @@ fn block(
     };
     let attn = {
         let _s = p.scope("attn.pv");
-        let params = AttnParams { cache: kv_mask_id(l, true), ..params };
+        let params = AttnParams {
+            cache: kv_mask_id(l, true),
+            ..params
+        };
         let mask: AttnValueMask = p.correlation(&params)?;
         let e = arith::open(p, &ring::sub(&probs, &mask.a))?;
         attention_values(p.is_p0(), c, &e, &mask, kv, m, t)
@@ -248,7 +271,10 @@ fn attention_values(
             let mut o = matmul::matmul(e_h, &e_side, m, t, hd);
             matmul::matmul_acc(a_h, &f_v, m, t, hd, &mut o);
             for i in 0..m {
-                ring::add_assign(&mut out[i * qd + h * hd..i * qd + (h + 1) * hd], &o[i * hd..(i + 1) * hd]);
+                ring::add_assign(
+                    &mut out[i * qd + h * hd..i * qd + (h + 1) * hd],
+                    &o[i * hd..(i + 1) * hd],
+                );
             }
         }
     }
@@ -271,7 +297,13 @@ impl Rope {
     fn new(c: &LlamaConfig, fp: FixedPoint, start: usize, m: usize) -> Self {
         let half = c.head_dim / 2;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut r = Rope { cos: vec![], sin: vec![], cos_q: vec![], sin_q: vec![], half };
+        let mut r = Rope {
+            cos: vec![],
+            sin: vec![],
+            cos_q: vec![],
+            sin_q: vec![],
+            half,
+        };
         for pos in start..start + m {
             for i in 0..half {
                 let freq = c.rope_base.powf(-((2 * i) as f64) / c.head_dim as f64);
@@ -288,7 +320,11 @@ impl Rope {
     /// Rotates shares `x` (`m × heads·head_dim`): a linear map with public coefficients at
     /// scale `f`, so the result has `f` more fractional bits than `x`.
     fn rotate(&self, x: &[u64], m: usize, heads: usize, head_dim: usize, query: bool) -> Vec<u64> {
-        let (cos, sin) = if query { (&self.cos_q, &self.sin_q) } else { (&self.cos, &self.sin) };
+        let (cos, sin) = if query {
+            (&self.cos_q, &self.sin_q)
+        } else {
+            (&self.cos, &self.sin)
+        };
         let width = heads * head_dim;
         let mut out = vec![0u64; x.len()];
         for r in 0..m {
@@ -299,7 +335,8 @@ impl Rope {
                 for i in 0..self.half {
                     let (a, b) = (x[base + 2 * i], x[base + 2 * i + 1]);
                     out[base + 2 * i] = a.wrapping_mul(cr[i]).wrapping_sub(b.wrapping_mul(sr[i]));
-                    out[base + 2 * i + 1] = a.wrapping_mul(sr[i]).wrapping_add(b.wrapping_mul(cr[i]));
+                    out[base + 2 * i + 1] =
+                        a.wrapping_mul(sr[i]).wrapping_add(b.wrapping_mul(cr[i]));
                 }
             }
         }

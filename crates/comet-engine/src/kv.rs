@@ -51,7 +51,9 @@ impl KvSessionSeeds {
         let rows = r.u32().map_err(bad)? as usize;
         let n = r.u32().map_err(bad)? as usize;
         if n > 4096 {
-            return Err(EngineError::Session(format!("KV session seeds for {n} layers")));
+            return Err(EngineError::Session(format!(
+                "KV session seeds for {n} layers"
+            )));
         }
         let mut layers = Vec::with_capacity(n);
         for _ in 0..n {
@@ -65,15 +67,28 @@ impl KvSessionSeeds {
 }
 
 fn seed_from(bytes: &[u8]) -> Result<Seed> {
-    bytes.try_into().map_err(|_| EngineError::Session(format!("a seed of {} bytes", bytes.len())))
+    bytes
+        .try_into()
+        .map_err(|_| EngineError::Session(format!("a seed of {} bytes", bytes.len())))
 }
 
 /// Dealer side of a session start: draws fresh cache masks for every layer, registers them
 /// with `dealer` (replacing any of an earlier session) and returns each server's seeds.
-pub fn start_kv_session(dealer: &mut Dealer, config: &LlamaConfig, rows: usize, prg: &mut Prg) -> [KvSessionSeeds; 2] {
+pub fn start_kv_session(
+    dealer: &mut Dealer,
+    config: &LlamaConfig,
+    rows: usize,
+    prg: &mut Prg,
+) -> [KvSessionSeeds; 2] {
     let mut seeds = [
-        KvSessionSeeds { rows, layers: Vec::with_capacity(config.n_layers) },
-        KvSessionSeeds { rows, layers: Vec::with_capacity(config.n_layers) },
+        KvSessionSeeds {
+            rows,
+            layers: Vec::with_capacity(config.n_layers),
+        },
+        KvSessionSeeds {
+            rows,
+            layers: Vec::with_capacity(config.n_layers),
+        },
     ];
     for l in 0..config.n_layers {
         let mut pair = [[[0u8; 16]; 2]; 2];
@@ -136,7 +151,12 @@ impl SecureKvCache {
                 value_mask: expand(v, seeds.rows * width),
             })
             .collect();
-        Ok(Self { rows: seeds.rows, width, len: 0, layers })
+        Ok(Self {
+            rows: seeds.rows,
+            width,
+            len: 0,
+            layers,
+        })
     }
 
     /// Fails unless `m` more positions fit.

@@ -4,7 +4,7 @@
 use crate::error::{EngineError, Result};
 use crate::kv::start_kv_session;
 use crate::model::{share_model, ServerModel};
-use crate::report::GenerationReport;
+use crate::report::{GenerationReport, TimedSource};
 use crate::session::{serve_session, Client, ServerSummary};
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{Dealer, InProcessDealer};
@@ -54,14 +54,18 @@ impl LocalDeployment {
         let seeds = {
             let prg = &mut self.prg;
             let config = &self.config;
-            self.dealer.with(|d| start_kv_session(d, config, capacity, prg))
+            self.dealer
+                .with(|d| start_kv_session(d, config, capacity, prg))
         };
         let (s0, s1) = memory_pair_shaped(net);
         let (c0, k0) = client_pair(net);
         let (c1, k1) = client_pair(net);
         let mut handles = Vec::with_capacity(2);
-        for (((id, link), client_end), seeds) in
-            [PartyId::P0, PartyId::P1].into_iter().zip([s0, s1]).zip([k0, k1]).zip(seeds)
+        for (((id, link), client_end), seeds) in [PartyId::P0, PartyId::P1]
+            .into_iter()
+            .zip([s0, s1])
+            .zip([k0, k1])
+            .zip(seeds)
         {
             let model = self.models[id.index()].clone();
             let source = self.dealer.source(id);
@@ -71,14 +75,25 @@ impl LocalDeployment {
                     .name(format!("comet-{}", crate::session::party_name(id)))
                     .spawn(move || {
                         let mut client_end = client_end;
+                        let (source, clock) = TimedSource::new(Box::new(source));
                         let mut party = Party::new(id, Box::new(link), Box::new(source), fp);
-                        serve_session(&mut party, &model, &seeds, &mut client_end)
+                        serve_session(&mut party, &model, &seeds, &mut client_end, &clock)
                     })
-                    .map_err(|e| EngineError::Session(format!("cannot start a server thread: {e}")))?,
+                    .map_err(|e| {
+                        EngineError::Session(format!("cannot start a server thread: {e}"))
+                    })?,
             );
         }
-        let client = Client::new([Box::new(c0), Box::new(c1)], self.config.vocab_size, self.fp, capacity);
-        Ok(LocalSession { client: Some(client), handles })
+        let client = Client::new(
+            [Box::new(c0), Box::new(c1)],
+            self.config.vocab_size,
+            self.fp,
+            capacity,
+        );
+        Ok(LocalSession {
+            client: Some(client),
+            handles,
+        })
     }
 }
 
@@ -88,7 +103,10 @@ pub const CLIENT_LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 fn client_pair(net: NetProfile) -> (comet_net::MemoryChannel, comet_net::MemoryChannel) {
     let (a, b) = memory_pair_shaped(net);
-    (a.with_timeout(CLIENT_LINK_TIMEOUT), b.with_timeout(CLIENT_LINK_TIMEOUT))
+    (
+        a.with_timeout(CLIENT_LINK_TIMEOUT),
+        b.with_timeout(CLIENT_LINK_TIMEOUT),
+    )
 }
 
 /// Fails unless a session of `capacity` positions fits the model.
@@ -137,7 +155,11 @@ impl LocalSession {
     fn join(&mut self) -> Vec<Result<ServerSummary>> {
         std::mem::take(&mut self.handles)
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Session("a server thread panicked".into()))))
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(EngineError::Session("a server thread panicked".into()))
+                })
+            })
             .collect()
     }
 }
@@ -167,11 +189,19 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(EngineError::InvalidRequest("the prompt is empty".into()));
     }
-    let mut report = GenerationReport { net: net.to_string(), prompt_tokens: prompt.len(), ..Default::default() };
+    let mut report = GenerationReport {
+        net: net.to_string(),
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
     let mut tokens = Vec::new();
     let mut stopped = false;
     if max_tokens == 0 {
-        return Ok(Generation { tokens, stopped_at_stop_token: false, report });
+        return Ok(Generation {
+            tokens,
+            stopped_at_stop_token: false,
+            report,
+        });
     }
     let first = client.step(prompt, false)?;
     report.push(first.costs);
@@ -192,7 +222,11 @@ pub fn generate(
         logits = step.logits;
     }
     report.generated_tokens = tokens.len();
-    Ok(Generation { tokens, stopped_at_stop_token: stopped, report })
+    Ok(Generation {
+        tokens,
+        stopped_at_stop_token: stopped,
+        report,
+    })
 }
 
 /// Session capacity for a prompt and a token budget: every generated token but the last is

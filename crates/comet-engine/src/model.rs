@@ -35,7 +35,15 @@ pub struct ServerLayer {
 impl ServerLayer {
     /// The weights in registration order.
     pub fn weights(&self) -> [&FixedWeight; 7] {
-        [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down]
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
     }
 }
 
@@ -97,11 +105,20 @@ pub fn fixed_point_weight(model: &Model, fp: FixedPoint, index: usize) -> (Vec<u
     if index == 0 {
         // Row v of the `[vocab, d]` embedding is token v's vector: the stored matrix already
         // is the input-major `vocab × d` weight of a one-hot product.
-        let values = w.token_embedding.data.par_iter().map(|v| fp.encode(*v as f64)).collect();
+        let values = w
+            .token_embedding
+            .data
+            .par_iter()
+            .map(|v| fp.encode(*v as f64))
+            .collect();
         return (values, c.vocab_size, c.d_model);
     }
     if index == weight_count(c) - 1 {
-        return (input_major(w.lm_head(), Some(&w.output_norm), fp), c.d_model, c.vocab_size);
+        return (
+            input_major(w.lm_head(), Some(&w.output_norm), fp),
+            c.d_model,
+            c.vocab_size,
+        );
     }
     let layer = &w.layers[(index - 1) / 7];
     let an = Some(layer.attn_norm.as_slice());
@@ -118,7 +135,11 @@ pub fn fixed_point_weight(model: &Model, fp: FixedPoint, index: usize) -> (Vec<u
 }
 
 /// Assembles the two servers' models from registered views given in registration order.
-pub fn assemble(config: &LlamaConfig, fp: FixedPoint, views: Vec<[FixedWeight; 2]>) -> Result<[ServerModel; 2]> {
+pub fn assemble(
+    config: &LlamaConfig,
+    fp: FixedPoint,
+    views: Vec<[FixedWeight; 2]>,
+) -> Result<[ServerModel; 2]> {
     let expected = weight_count(config);
     if views.len() != expected {
         return Err(EngineError::ShareMismatch(format!(
@@ -149,7 +170,10 @@ pub fn from_weights(
     let c = config;
     let expected = weight_count(c);
     if ws.len() != expected {
-        return Err(EngineError::ShareMismatch(format!("{} weights, expected {expected}", ws.len())));
+        return Err(EngineError::ShareMismatch(format!(
+            "{} weights, expected {expected}",
+            ws.len()
+        )));
     }
     let mut shapes = vec![(c.vocab_size, c.d_model)];
     for _ in 0..c.n_layers {
@@ -190,7 +214,14 @@ pub fn from_weights(
         })
         .collect();
     let lm_head = next();
-    Ok(ServerModel { party, config: c.clone(), fp, embedding, layers, lm_head })
+    Ok(ServerModel {
+        party,
+        config: c.clone(),
+        fp,
+        embedding,
+        layers,
+        lm_head,
+    })
 }
 
 /// Shares `model` through `dealer` (which keeps the masks): returns P0's and P1's views.

@@ -12,9 +12,18 @@ pub const CAUSAL_MASK_OFFSET: f64 = -1024.0;
 /// Shares of `x / √(mean(x²) + eps)` per row (`rows × d`, scale f in and out), without the
 /// gain (folded into the following weights). Five rounds (see
 /// `comet_protocols::nonlinear::norm`).
-pub fn rms_normalize(p: &mut Party, x: &[u64], rows: usize, d: usize, eps: f64) -> Result<Vec<u64>> {
+pub fn rms_normalize(
+    p: &mut Party,
+    x: &[u64],
+    rows: usize,
+    d: usize,
+    eps: f64,
+) -> Result<Vec<u64>> {
     if x.len() != rows * d || d == 0 {
-        return Err(EngineError::InvalidRequest(format!("RMSNorm of {} values as {rows}x{d}", x.len())));
+        return Err(EngineError::InvalidRequest(format!(
+            "RMSNorm of {} values as {rows}x{d}",
+            x.len()
+        )));
     }
     Ok(nonlinear::rms_norm(p, x, rows, d, None, eps)?)
 }
@@ -22,7 +31,13 @@ pub fn rms_normalize(p: &mut Party, x: &[u64], rows: usize, d: usize, eps: f64) 
 /// Causal softmax of scores laid out `n_heads × m × t` (scale f), where query row `i` sits at
 /// position `start + i` and sees keys `0..=start + i` (`t = start + m`). Returns probabilities
 /// at scale f. ⌈log2 t⌉ + 6 rounds (see `comet_protocols::nonlinear::softmax`).
-pub fn causal_softmax(p: &mut Party, scores: &[u64], n_heads: usize, m: usize, start: usize) -> Result<Vec<u64>> {
+pub fn causal_softmax(
+    p: &mut Party,
+    scores: &[u64],
+    n_heads: usize,
+    m: usize,
+    start: usize,
+) -> Result<Vec<u64>> {
     let t = start + m;
     if scores.len() != n_heads * m * t {
         return Err(EngineError::InvalidRequest(format!(

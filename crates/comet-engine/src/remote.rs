@@ -10,6 +10,7 @@
 use crate::error::{EngineError, Result};
 use crate::kv::{start_kv_session, KvSessionSeeds};
 use crate::model::ServerModel;
+use crate::report::TimedSource;
 use crate::session::{serve_session, Client, ServerSummary};
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{serve_party, Dealer, RemoteSource};
@@ -23,7 +24,10 @@ const HELLO: u8 = 7;
 const OK: u8 = 0;
 const ERROR: u8 = 1;
 
-fn send_status(chan: &mut dyn Channel, result: &std::result::Result<Vec<u8>, String>) -> Result<()> {
+fn send_status(
+    chan: &mut dyn Channel,
+    result: &std::result::Result<Vec<u8>, String>,
+) -> Result<()> {
     let mut msg = Vec::new();
     match result {
         Ok(body) => {
@@ -43,8 +47,13 @@ fn send_status(chan: &mut dyn Channel, result: &std::result::Result<Vec<u8>, Str
 fn read_status(who: &str, msg: &[u8]) -> Result<Vec<u8>> {
     match msg.split_first() {
         Some((&OK, body)) => Ok(body.to_vec()),
-        Some((&ERROR, text)) => Err(EngineError::Session(format!("{who} refused: {}", String::from_utf8_lossy(text)))),
-        _ => Err(EngineError::Session(format!("{who} sent a reply without a status"))),
+        Some((&ERROR, text)) => Err(EngineError::Session(format!(
+            "{who} refused: {}",
+            String::from_utf8_lossy(text)
+        ))),
+        _ => Err(EngineError::Session(format!(
+            "{who} sent a reply without a status"
+        ))),
     }
 }
 
@@ -52,7 +61,9 @@ fn parse_capacity(msg: &[u8]) -> Result<usize> {
     let mut r = Reader::new(msg);
     let bad = |e: comet_net::NetError| EngineError::Session(format!("session hello: {e}"));
     if r.u8().map_err(bad)? != HELLO {
-        return Err(EngineError::Session("the first client message is not a session hello".into()));
+        return Err(EngineError::Session(
+            "the first client message is not a session hello".into(),
+        ));
     }
     let capacity = r.u32().map_err(bad)? as usize;
     r.finish().map_err(bad)?;
@@ -74,7 +85,9 @@ pub fn client_connect(
         chan.flush()?;
     }
     for (i, chan) in servers.iter_mut().enumerate() {
-        let reply = chan.recv().map_err(|e| EngineError::Session(format!("server P{i} did not answer: {e}")))?;
+        let reply = chan
+            .recv()
+            .map_err(|e| EngineError::Session(format!("server P{i} did not answer: {e}")))?;
         read_status(&format!("server P{i}"), &reply)?;
     }
     Ok(Client::new(servers, vocab, fp, capacity))
@@ -106,7 +119,11 @@ pub fn server_session(
         dealer.send(&w.finish())?;
         dealer.flush()?;
     }
-    let seeds = match dealer.recv().map_err(EngineError::from).and_then(|m| read_status("the dealer", &m)) {
+    let seeds = match dealer
+        .recv()
+        .map_err(EngineError::from)
+        .and_then(|m| read_status("the dealer", &m))
+    {
         Ok(body) => KvSessionSeeds::decode(&body)?,
         Err(e) => {
             let _ = send_status(client.as_mut(), &Err(e.to_string()));
@@ -114,13 +131,17 @@ pub fn server_session(
         }
     };
     if seeds.rows != capacity {
-        let e = EngineError::Session(format!("the dealer set up {} positions, the client asked {capacity}", seeds.rows));
+        let e = EngineError::Session(format!(
+            "the dealer set up {} positions, the client asked {capacity}",
+            seeds.rows
+        ));
         let _ = send_status(client.as_mut(), &Err(e.to_string()));
         return Err(e);
     }
     send_status(client.as_mut(), &Ok(Vec::new()))?;
-    let mut party = Party::new(id, peer, Box::new(RemoteSource::new(dealer)), model.fp);
-    serve_session(&mut party, model, &seeds, client.as_mut())
+    let (source, clock) = TimedSource::new(Box::new(RemoteSource::new(dealer)));
+    let mut party = Party::new(id, peer, Box::new(source), model.fp);
+    serve_session(&mut party, model, &seeds, client.as_mut(), &clock)
 }
 
 /// Dealer side of one session: reads the capacity from P0, sends both servers their KV seeds,
@@ -135,7 +156,8 @@ pub fn dealer_session(
     let mut r = Reader::new(&msg);
     let capacity = r
         .u32()
-        .map_err(|e| EngineError::Session(format!("P0's session request: {e}")))? as usize;
+        .map_err(|e| EngineError::Session(format!("P0's session request: {e}")))?
+        as usize;
     if let Err(e) = crate::local::check_capacity(config, capacity) {
         for link in &mut links {
             let _ = send_status(link.as_mut(), &Err(e.to_string()));
@@ -152,7 +174,11 @@ pub fn dealer_session(
     let handle = std::thread::spawn(move || serve_party(d1, PartyId::P1, l1.as_mut()));
     let r0 = serve_party(shared, PartyId::P0, l0.as_mut());
     drop(l0);
-    let r1 = handle.join().unwrap_or_else(|_| Err(comet_dealer::DealerError::Malformed("dealer thread panicked".into())));
+    let r1 = handle.join().unwrap_or_else(|_| {
+        Err(comet_dealer::DealerError::Malformed(
+            "dealer thread panicked".into(),
+        ))
+    });
     r0?;
     r1?;
     Ok(())

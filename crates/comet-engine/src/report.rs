@@ -7,11 +7,61 @@
 //! one-hots out, logit shares back) are their own line. Rounds are P0's (both servers see
 //! the same rounds).
 
-use comet_net::Costs;
+use comet_dealer::{CorrelationSource, DealerError};
+use comet_net::{CostMeter, Costs};
 use comet_protocols::Party;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Total time a server spent waiting for correlations (in one process this includes the
+/// dealer's generation of FSS keys, which a deployment does ahead of time).
+#[derive(Clone, Debug, Default)]
+pub struct DealerClock(Arc<AtomicU64>);
+
+impl DealerClock {
+    /// Milliseconds spent in correlation requests so far.
+    pub fn millis(&self) -> f64 {
+        self.0.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
+
+/// A correlation source that measures the time spent in its requests.
+pub struct TimedSource {
+    inner: Box<dyn CorrelationSource>,
+    clock: DealerClock,
+}
+
+impl TimedSource {
+    /// Wraps `inner`; the returned clock reads the accumulated time.
+    pub fn new(inner: Box<dyn CorrelationSource>) -> (Self, DealerClock) {
+        let clock = DealerClock::default();
+        (
+            Self {
+                inner,
+                clock: clock.clone(),
+            },
+            clock,
+        )
+    }
+}
+
+impl CorrelationSource for TimedSource {
+    fn fetch_raw(&mut self, request: &[u8]) -> Result<Vec<u8>, DealerError> {
+        let start = std::time::Instant::now();
+        let out = self.inner.fetch_raw(request);
+        self.clock
+            .0
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
+    }
+
+    fn meter(&self) -> &CostMeter {
+        self.inner.meter()
+    }
+}
 
 /// Bytes and rounds of one link endpoint over a span.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +76,11 @@ pub struct CostRecord {
 
 impl From<Costs> for CostRecord {
     fn from(c: Costs) -> Self {
-        Self { sent: c.bytes_sent, received: c.bytes_received, rounds: c.rounds }
+        Self {
+            sent: c.bytes_sent,
+            received: c.bytes_received,
+            rounds: c.rounds,
+        }
     }
 }
 
@@ -51,6 +105,8 @@ impl CostRecord {
 pub struct PartyCosts {
     /// Wall time of the span on this server, milliseconds.
     pub wall_ms: f64,
+    /// Part of the wall time spent waiting for correlations, milliseconds.
+    pub dealer_ms: f64,
     /// Link to the other server.
     pub online: CostRecord,
     /// Link to the dealer.
@@ -61,7 +117,7 @@ pub struct PartyCosts {
 
 impl PartyCosts {
     /// Current cumulative counters of `p`'s meters.
-    pub fn snapshot(p: &Party) -> Self {
+    pub fn snapshot(p: &Party, clock: &DealerClock) -> Self {
         let mut labels: BTreeMap<String, [CostRecord; 2]> = BTreeMap::new();
         for (label, c) in p.online_meter().by_label() {
             labels.entry(label).or_default()[0] = c.into();
@@ -71,6 +127,7 @@ impl PartyCosts {
         }
         Self {
             wall_ms: 0.0,
+            dealer_ms: clock.millis(),
             online: p.online_meter().total().into(),
             offline: p.offline_meter().total().into(),
             labels,
@@ -90,6 +147,7 @@ impl PartyCosts {
         }
         Self {
             wall_ms: wall.as_secs_f64() * 1e3,
+            dealer_ms: self.dealer_ms - earlier.dealer_ms,
             online: self.online.minus(&earlier.online),
             offline: self.offline.minus(&earlier.offline),
             labels,
@@ -104,6 +162,9 @@ pub struct StepCosts {
     pub tokens: usize,
     /// Client-side wall time, milliseconds.
     pub wall_ms: f64,
+    /// Wall time minus the longer of the two servers' waits for correlations: the step's
+    /// time when the dealer's material is ready ahead of time, milliseconds.
+    pub online_ms: f64,
     /// Online bytes sent by both servers to each other.
     pub online_bytes: u64,
     /// Offline bytes on both servers' dealer links (requests and halves).
@@ -118,14 +179,27 @@ pub struct StepCosts {
 
 impl StepCosts {
     /// Combines the servers' records with the client's own link counters.
-    pub fn new(tokens: usize, wall: Duration, servers: Vec<PartyCosts>, client_links: &[Costs]) -> Self {
+    pub fn new(
+        tokens: usize,
+        wall: Duration,
+        servers: Vec<PartyCosts>,
+        client_links: &[Costs],
+    ) -> Self {
+        let dealer_ms = servers.iter().map(|s| s.dealer_ms).fold(0.0, f64::max);
         Self {
             tokens,
             wall_ms: wall.as_secs_f64() * 1e3,
+            online_ms: (wall.as_secs_f64() * 1e3 - dealer_ms).max(0.0),
             online_bytes: servers.iter().map(|s| s.online.sent).sum(),
-            offline_bytes: servers.iter().map(|s| s.offline.sent + s.offline.received).sum(),
+            offline_bytes: servers
+                .iter()
+                .map(|s| s.offline.sent + s.offline.received)
+                .sum(),
             rounds: servers.first().map_or(0, |s| s.online.rounds),
-            client_bytes: client_links.iter().map(|c| c.bytes_sent + c.bytes_received).sum(),
+            client_bytes: client_links
+                .iter()
+                .map(|c| c.bytes_sent + c.bytes_received)
+                .sum(),
             servers,
         }
     }
@@ -151,7 +225,11 @@ impl StepCosts {
         let mut out: BTreeMap<String, [u64; 3]> = BTreeMap::new();
         for (label, v) in self.by_label() {
             let top = label.split('/').next().unwrap_or("").to_string();
-            let top = if top.is_empty() { "(unlabelled)".to_string() } else { top };
+            let top = if top.is_empty() {
+                "(unlabelled)".to_string()
+            } else {
+                top
+            };
             let e = out.entry(top).or_default();
             for k in 0..3 {
                 e[k] += v[k];
@@ -202,6 +280,8 @@ pub struct GenerationReport {
 pub struct DecodeAverage {
     /// Mean wall time per decode token, milliseconds.
     pub wall_ms: f64,
+    /// Mean wall time without the waits for correlations, milliseconds.
+    pub online_ms: f64,
     /// Mean online bytes per decode token (both servers).
     pub online_bytes: f64,
     /// Mean offline bytes per decode token.
@@ -219,9 +299,11 @@ impl GenerationReport {
         if n == 0 {
             return None;
         }
-        let mean = |f: &dyn Fn(&StepCosts) -> f64| self.decode.iter().map(f).sum::<f64>() / n as f64;
+        let mean =
+            |f: &dyn Fn(&StepCosts) -> f64| self.decode.iter().map(f).sum::<f64>() / n as f64;
         Some(DecodeAverage {
             wall_ms: mean(&|s| s.wall_ms),
+            online_ms: mean(&|s| s.online_ms),
             online_bytes: mean(&|s| s.online_bytes as f64),
             offline_bytes: mean(&|s| s.offline_bytes as f64),
             rounds: mean(&|s| s.rounds as f64),
@@ -248,19 +330,24 @@ impl GenerationReport {
     pub fn table(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let _ = writeln!(out, "cost report (net: {})", self.net);
         let _ = writeln!(
             out,
-            "{:<22} {:>10} {:>12} {:>12} {:>8} {:>12}",
-            "step", "wall ms", "online MB", "offline MB", "rounds", "client MB"
+            "cost report (net: {}; online ms = wall minus waits for dealer material)",
+            self.net
+        );
+        let _ = writeln!(
+            out,
+            "{:<22} {:>10} {:>10} {:>12} {:>12} {:>8} {:>12}",
+            "step", "wall ms", "online ms", "online MB", "offline MB", "rounds", "client MB"
         );
         let mb = |b: f64| b / 1e6;
         if let Some(p) = &self.prefill {
             let _ = writeln!(
                 out,
-                "{:<22} {:>10.1} {:>12.3} {:>12.3} {:>8} {:>12.3}",
+                "{:<22} {:>10.1} {:>10.1} {:>12.3} {:>12.3} {:>8} {:>12.3}",
                 format!("prefill ({} tok)", p.tokens),
                 p.wall_ms,
+                p.online_ms,
                 mb(p.online_bytes as f64),
                 mb(p.offline_bytes as f64),
                 p.rounds,
@@ -270,9 +357,10 @@ impl GenerationReport {
         if let Some(a) = self.decode_average() {
             let _ = writeln!(
                 out,
-                "{:<22} {:>10.1} {:>12.3} {:>12.3} {:>8.0} {:>12.3}",
+                "{:<22} {:>10.1} {:>10.1} {:>12.3} {:>12.3} {:>8.0} {:>12.3}",
                 format!("decode (mean of {})", self.decode.len()),
                 a.wall_ms,
+                a.online_ms,
                 mb(a.online_bytes),
                 mb(a.offline_bytes),
                 a.rounds,
@@ -281,11 +369,26 @@ impl GenerationReport {
         }
         let detail = self.decode.last().or(self.prefill.as_ref());
         if let Some(step) = detail {
-            let which = if self.decode.is_empty() { "prefill" } else { "last decode step" };
+            let which = if self.decode.is_empty() {
+                "prefill"
+            } else {
+                "last decode step"
+            };
             let _ = writeln!(out, "per op, {which} (all layers):");
-            let _ = writeln!(out, "  {:<20} {:>12} {:>12} {:>8}", "op", "online KB", "offline KB", "rounds");
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>12} {:>12} {:>8}",
+                "op", "online KB", "offline KB", "rounds"
+            );
             for (op, [on, off, r]) in step.by_op() {
-                let _ = writeln!(out, "  {:<20} {:>12.1} {:>12.1} {:>8}", op, on as f64 / 1e3, off as f64 / 1e3, r);
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:>12.1} {:>12.1} {:>8}",
+                    op,
+                    on as f64 / 1e3,
+                    off as f64 / 1e3,
+                    r
+                );
             }
         }
         out
@@ -304,7 +407,11 @@ impl GenerationReport {
     pub fn total_online(&self) -> CostRecord {
         let mut sum = CostRecord::default();
         for s in self.prefill.iter().chain(&self.decode) {
-            sum.add(&CostRecord { sent: s.online_bytes, received: 0, rounds: s.rounds });
+            sum.add(&CostRecord {
+                sent: s.online_bytes,
+                received: 0,
+                rounds: s.rounds,
+            });
         }
         sum
     }

@@ -12,7 +12,7 @@ use crate::error::{EngineError, Result};
 use crate::forward;
 use crate::kv::{KvSessionSeeds, SecureKvCache};
 use crate::model::ServerModel;
-use crate::report::{PartyCosts, StepCosts};
+use crate::report::{DealerClock, PartyCosts, StepCosts};
 use comet_core::{FixedPoint, PartyId, Seed};
 use comet_dealer::kinds::attention::ClientInputMask;
 use comet_dealer::kinds::expand;
@@ -42,6 +42,7 @@ pub fn serve_session(
     model: &ServerModel,
     seeds: &KvSessionSeeds,
     client: &mut dyn Channel,
+    clock: &DealerClock,
 ) -> Result<ServerSummary> {
     if model.party != p.id {
         return Err(EngineError::ShareMismatch(format!(
@@ -55,7 +56,9 @@ pub fn serve_session(
         let msg = match client.recv() {
             Ok(msg) => msg,
             Err(NetError::Closed(_)) => {
-                return Err(EngineError::Session("the client closed the session without END".into()))
+                return Err(EngineError::Session(
+                    "the client closed the session without END".into(),
+                ))
             }
             Err(e) => return Err(e.into()),
         };
@@ -64,7 +67,7 @@ pub fn serve_session(
             summary.positions = cache.len;
             return Ok(summary);
         };
-        match serve_step(p, model, &mut cache, client, m, all_logits) {
+        match serve_step(p, model, &mut cache, client, m, all_logits, clock) {
             Ok(()) => summary.steps += 1,
             Err(e) => {
                 // Tell the client why, if the link still works; the original error wins.
@@ -86,7 +89,9 @@ fn parse_request(msg: &[u8]) -> Result<Option<(usize, bool)>> {
             Ok(Some((m, all)))
         }
         MSG_END => Ok(None),
-        other => Err(EngineError::Session(format!("unknown client message {other}"))),
+        other => Err(EngineError::Session(format!(
+            "unknown client message {other}"
+        ))),
     }
 }
 
@@ -105,17 +110,22 @@ fn serve_step(
     client: &mut dyn Channel,
     m: usize,
     all_logits: bool,
+    clock: &DealerClock,
 ) -> Result<()> {
     if m == 0 {
         return Err(EngineError::InvalidRequest("a step with no tokens".into()));
     }
     cache.check_room(m)?;
-    let before = PartyCosts::snapshot(p);
+    let before = PartyCosts::snapshot(p, clock);
     let started = Instant::now();
     let vocab = model.config.vocab_size;
     let mask: ClientInputMask = {
         let _s = p.scope("embed");
-        p.correlation(&MatmulParams { m, k: vocab, weights: vec![(model.embedding.id, model.embedding.n)] })?
+        p.correlation(&MatmulParams {
+            m,
+            k: vocab,
+            weights: vec![(model.embedding.id, model.embedding.n)],
+        })?
     };
     let mut w = Writer::new();
     w.u8(REPLY_OK).bytes(&mask.a_seed);
@@ -127,9 +137,11 @@ fn serve_step(
     let x = forward::embed(p, model, &e, &mask.mask, m)?;
     let rows = if all_logits { m } else { 1 };
     let logits = forward::forward(p, model, cache, x, m, rows)?;
-    let costs = PartyCosts::snapshot(p).since(&before, started.elapsed());
+    let costs = PartyCosts::snapshot(p, clock).since(&before, started.elapsed());
     let mut w = Writer::new();
-    w.u8(REPLY_OK).ring(&logits, 64).bytes(&serde_json::to_vec(&costs).expect("costs serialise"));
+    w.u8(REPLY_OK)
+        .ring(&logits, 64)
+        .bytes(&serde_json::to_vec(&costs).expect("costs serialise"));
     client.send(&w.finish())?;
     client.flush()?;
     Ok(())
@@ -146,7 +158,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("len", &self.len).field("capacity", &self.capacity).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -162,8 +177,19 @@ pub struct StepResult {
 impl Client {
     /// A client over links to P0 and P1, for a model with `vocab` tokens, in format `fp`, in a
     /// session of `capacity` positions.
-    pub fn new(servers: [Box<dyn Channel>; 2], vocab: usize, fp: FixedPoint, capacity: usize) -> Self {
-        Self { servers, vocab, fp, capacity, len: 0 }
+    pub fn new(
+        servers: [Box<dyn Channel>; 2],
+        vocab: usize,
+        fp: FixedPoint,
+        capacity: usize,
+    ) -> Self {
+        Self {
+            servers,
+            vocab,
+            fp,
+            capacity,
+            len: 0,
+        }
     }
 
     /// Positions processed so far.
@@ -181,7 +207,9 @@ impl Client {
     pub fn step(&mut self, tokens: &[u32], all_logits: bool) -> Result<StepResult> {
         let m = tokens.len();
         if m == 0 {
-            return Err(EngineError::InvalidRequest("no tokens to run (empty prompt?)".into()));
+            return Err(EngineError::InvalidRequest(
+                "no tokens to run (empty prompt?)".into(),
+            ));
         }
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
             return Err(EngineError::InvalidRequest(format!(
@@ -250,9 +278,16 @@ impl Client {
         }
         self.len += m;
         let scale = 2.0f64.powi(2 * self.fp.frac_bits as i32);
-        let logits = logits.iter().map(|&v| (v as i64 as f64 / scale) as f32).collect();
-        let client_links: Vec<_> =
-            self.servers.iter().zip(&before).map(|(c, b)| c.meter().total().since(b)).collect();
+        let logits = logits
+            .iter()
+            .map(|&v| (v as i64 as f64 / scale) as f32)
+            .collect();
+        let client_links: Vec<_> = self
+            .servers
+            .iter()
+            .zip(&before)
+            .map(|(c, b)| c.meter().total().since(b))
+            .collect();
         let costs = StepCosts::new(m, started.elapsed(), server_costs, &client_links);
         Ok(StepResult { logits, costs })
     }
@@ -274,10 +309,13 @@ fn server_gone(i: usize, e: NetError) -> EngineError {
 fn check_reply(i: usize, reply: &[u8]) -> Result<&[u8]> {
     match reply.split_first() {
         Some((&REPLY_OK, body)) => Ok(body),
-        Some((&REPLY_ERROR, text)) => {
-            Err(EngineError::Session(format!("server P{i} failed: {}", String::from_utf8_lossy(text))))
-        }
-        _ => Err(EngineError::Session(format!("server P{i} sent a reply without a status"))),
+        Some((&REPLY_ERROR, text)) => Err(EngineError::Session(format!(
+            "server P{i} failed: {}",
+            String::from_utf8_lossy(text)
+        ))),
+        _ => Err(EngineError::Session(format!(
+            "server P{i} sent a reply without a status"
+        ))),
     }
 }
 

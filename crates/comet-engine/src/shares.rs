@@ -38,7 +38,10 @@ pub struct Manifest {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
-    move |source| EngineError::Io { path: path.display().to_string(), source }
+    move |source| EngineError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Hex SHA-256 of a file.
@@ -53,15 +56,27 @@ pub fn file_sha256(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Writes the shares of `model` (whose file hashes to `model_sha256`) into `dir`.
-pub fn write_shares(model: &Model, model_sha256: &str, fp: FixedPoint, dir: &Path, prg: &mut Prg) -> Result<Manifest> {
+pub fn write_shares(
+    model: &Model,
+    model_sha256: &str,
+    fp: FixedPoint,
+    dir: &Path,
+    prg: &mut Prg,
+) -> Result<Manifest> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let create = |name: &str| -> Result<BufWriter<std::fs::File>> {
         let path = dir.join(name);
-        Ok(BufWriter::new(std::fs::File::create(&path).map_err(io_err(&path))?))
+        Ok(BufWriter::new(
+            std::fs::File::create(&path).map_err(io_err(&path))?,
+        ))
     };
     let mut masked = create("masked.bin")?;
     let mut seeds = [create("p0.seeds")?, create("p1.seeds")?];
@@ -81,7 +96,10 @@ pub fn write_shares(model: &Model, model_sha256: &str, fp: FixedPoint, dir: &Pat
         for (party, file) in seeds.iter_mut().enumerate() {
             file.write_all(&s[party]).map_err(io_err(dir))?;
         }
-        dealer.write_all(&s[0]).and_then(|_| dealer.write_all(&s[1])).map_err(io_err(dir))?;
+        dealer
+            .write_all(&s[0])
+            .and_then(|_| dealer.write_all(&s[1]))
+            .map_err(io_err(dir))?;
         shapes.push((k, n));
     }
     for mut file in [masked, dealer].into_iter().chain(seeds) {
@@ -94,7 +112,11 @@ pub fn write_shares(model: &Model, model_sha256: &str, fp: FixedPoint, dir: &Pat
         weights: shapes,
     };
     let path = dir.join("manifest.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).expect("manifest serialises")).map_err(io_err(&path))?;
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&manifest).expect("manifest serialises"),
+    )
+    .map_err(io_err(&path))?;
     Ok(manifest)
 }
 
@@ -103,8 +125,9 @@ pub fn write_shares(model: &Model, model_sha256: &str, fp: FixedPoint, dir: &Pat
 pub fn read_manifest(dir: &Path, model_sha256: &str, config: &LlamaConfig) -> Result<Manifest> {
     let path = dir.join("manifest.json");
     let text = std::fs::read(&path).map_err(io_err(&path))?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| EngineError::ShareMismatch(format!("{}: not a share manifest: {e}", path.display())))?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+        EngineError::ShareMismatch(format!("{}: not a share manifest: {e}", path.display()))
+    })?;
     if manifest.format != SHARES_FORMAT {
         return Err(EngineError::ShareMismatch(format!(
             "{} has layout version {}, this build reads {SHARES_FORMAT}",
@@ -143,15 +166,26 @@ fn read_exact_file(path: &Path, expected: usize) -> Result<Vec<u8>> {
 }
 
 fn seeds_of(bytes: &[u8]) -> Vec<Seed> {
-    bytes.chunks_exact(16).map(|c| c.try_into().expect("16 bytes")).collect()
+    bytes
+        .chunks_exact(16)
+        .map(|c| c.try_into().expect("16 bytes"))
+        .collect()
 }
 
 /// Loads server `party`'s model from a share directory made for the model with hash
 /// `model_sha256`.
-pub fn load_server_model(dir: &Path, party: PartyId, config: &LlamaConfig, model_sha256: &str) -> Result<ServerModel> {
+pub fn load_server_model(
+    dir: &Path,
+    party: PartyId,
+    config: &LlamaConfig,
+    model_sha256: &str,
+) -> Result<ServerModel> {
     let manifest = read_manifest(dir, model_sha256, config)?;
     let count = manifest.weights.len();
-    let seeds = seeds_of(&read_exact_file(&dir.join(format!("p{}.seeds", party.index())), 16 * count)?);
+    let seeds = seeds_of(&read_exact_file(
+        &dir.join(format!("p{}.seeds", party.index())),
+        16 * count,
+    )?);
     let total: usize = manifest.weights.iter().map(|(k, n)| k * n).sum();
     let path = dir.join("masked.bin");
     let mut file = BufReader::new(std::fs::File::open(&path).map_err(io_err(&path))?);
@@ -167,8 +201,17 @@ pub fn load_server_model(dir: &Path, party: PartyId, config: &LlamaConfig, model
     for (j, (&(k, n), seed)) in manifest.weights.iter().zip(&seeds).enumerate() {
         let mut bytes = vec![0u8; 8 * k * n];
         file.read_exact(&mut bytes).map_err(io_err(&path))?;
-        let masked = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-        weights.push(FixedWeight { id: WeightId(j as u32), k, n, masked, mask_share: expand(seed, k * n) });
+        let masked = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        weights.push(FixedWeight {
+            id: WeightId(j as u32),
+            k,
+            n,
+            masked,
+            mask_share: expand(seed, k * n),
+        });
     }
     from_weights(party, config, FixedPoint::new(manifest.frac_bits), weights)
 }
@@ -176,10 +219,16 @@ pub fn load_server_model(dir: &Path, party: PartyId, config: &LlamaConfig, model
 /// Builds the dealer's state (every weight's mask `B`) from a share directory.
 pub fn load_dealer(dir: &Path, config: &LlamaConfig, model_sha256: &str) -> Result<Dealer> {
     let manifest = read_manifest(dir, model_sha256, config)?;
-    let seeds = seeds_of(&read_exact_file(&dir.join("dealer.seeds"), 32 * manifest.weights.len())?);
+    let seeds = seeds_of(&read_exact_file(
+        &dir.join("dealer.seeds"),
+        32 * manifest.weights.len(),
+    )?);
     let mut dealer = Dealer::new();
     for (j, &(k, n)) in manifest.weights.iter().enumerate() {
-        let mask = comet_core::ring::add(&expand(&seeds[2 * j], k * n), &expand(&seeds[2 * j + 1], k * n));
+        let mask = comet_core::ring::add(
+            &expand(&seeds[2 * j], k * n),
+            &expand(&seeds[2 * j + 1], k * n),
+        );
         dealer.insert_weight_mask(WeightId(j as u32), WeightMask { k, n, mask });
     }
     Ok(dealer)

@@ -21,13 +21,26 @@ fn shares_on_disk_and_separate_parties_reproduce_plaintext_greedy() {
     let model = Model::load(&path).unwrap();
     let hash = file_sha256(&path).unwrap();
     let shares = dir.path().join("shares");
-    write_shares(&model, &hash, FixedPoint::new(12), &shares, &mut Prg::from_seed([4; 16])).unwrap();
+    write_shares(
+        &model,
+        &hash,
+        FixedPoint::new(12),
+        &shares,
+        &mut Prg::from_seed([4; 16]),
+    )
+    .unwrap();
     let config = model.config().clone();
 
     // Another model's hash is refused by servers and dealer alike.
     let other = "0".repeat(64);
-    assert!(matches!(load_server_model(&shares, PartyId::P0, &config, &other), Err(EngineError::ShareMismatch(_))));
-    assert!(matches!(load_dealer(&shares, &config, &other), Err(EngineError::ShareMismatch(_))));
+    assert!(matches!(
+        load_server_model(&shares, PartyId::P0, &config, &other),
+        Err(EngineError::ShareMismatch(_))
+    ));
+    assert!(matches!(
+        load_dealer(&shares, &config, &other),
+        Err(EngineError::ShareMismatch(_))
+    ));
 
     let m0 = load_server_model(&shares, PartyId::P0, &config, &hash).unwrap();
     let m1 = load_server_model(&shares, PartyId::P1, &config, &hash).unwrap();
@@ -41,19 +54,44 @@ fn shares_on_disk_and_separate_parties_reproduce_plaintext_greedy() {
     let (d1, dp1) = memory_pair();
     let cfg = config.clone();
     let dealer_thread = std::thread::spawn(move || {
-        dealer_session(dealer, &cfg, [boxed(dp0), boxed(dp1)], &mut Prg::from_seed([5; 16]))
+        dealer_session(
+            dealer,
+            &cfg,
+            [boxed(dp0), boxed(dp1)],
+            &mut Prg::from_seed([5; 16]),
+        )
     });
-    let t0 = std::thread::spawn(move || server_session(PartyId::P0, &m0, boxed(s0), boxed(p01), boxed(d0)));
-    let t1 = std::thread::spawn(move || server_session(PartyId::P1, &m1, boxed(s1), boxed(p10), boxed(d1)));
+    let t0 = std::thread::spawn(move || {
+        server_session(PartyId::P0, &m0, boxed(s0), boxed(p01), boxed(d0))
+    });
+    let t1 = std::thread::spawn(move || {
+        server_session(PartyId::P1, &m1, boxed(s1), boxed(p10), boxed(d1))
+    });
     let capacity = capacity_for(prompt.len(), max_tokens);
-    let mut client = client_connect([boxed(c0), boxed(c1)], config.vocab_size, FixedPoint::new(12), capacity).unwrap();
+    let mut client = client_connect(
+        [boxed(c0), boxed(c1)],
+        config.vocab_size,
+        FixedPoint::new(12),
+        capacity,
+    )
+    .unwrap();
     let mut sampler = Sampler::new(SamplingParams::default());
-    let secure = generate(&mut client, &prompt, max_tokens, &mut sampler, &[], "none", |_| Ok(())).unwrap();
+    let secure = generate(
+        &mut client,
+        &prompt,
+        max_tokens,
+        &mut sampler,
+        &[],
+        "none",
+        |_| Ok(()),
+    )
+    .unwrap();
     client.finish().unwrap();
     t0.join().unwrap().unwrap();
     t1.join().unwrap().unwrap();
     dealer_thread.join().unwrap().unwrap();
     let mut sampler = Sampler::new(SamplingParams::default());
-    let (plain, _) = comet_model::generate(&model, &prompt, max_tokens, &mut sampler, &[], |_| Ok(())).unwrap();
+    let (plain, _) =
+        comet_model::generate(&model, &prompt, max_tokens, &mut sampler, &[], |_| Ok(())).unwrap();
     assert_eq!(secure.tokens, plain);
 }

@@ -27,7 +27,10 @@ fn deployment(model: &Model, seed: u8) -> LocalDeployment {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -42,7 +45,10 @@ fn prefill_and_decode_logits_match_plaintext() {
     let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
     let err = max_abs_diff(&got.logits, &reference);
     eprintln!("prefill: max |logit| {scale}, max error {err}");
-    assert!(err < 0.01 * scale.max(1.0), "prefill logits differ by {err} (scale {scale})");
+    assert!(
+        err < 0.01 * scale.max(1.0),
+        "prefill logits differ by {err} (scale {scale})"
+    );
     for next in [7u32, 12, 3] {
         let reference = model.forward(&[next], &mut cache).unwrap();
         let got = session.client().step(&[next], false).unwrap();
@@ -62,10 +68,22 @@ fn greedy_generation_matches_plaintext() {
     let prompt = [1u32, 20, 33, 8];
     let max_tokens = 6;
     let mut sampler = Sampler::new(SamplingParams::default());
-    let (plain, _) = comet_model::generate(&model, &prompt, max_tokens, &mut sampler, &[], |_| Ok(())).unwrap();
-    let mut session = dep.session(capacity_for(prompt.len(), max_tokens), NetProfile::none()).unwrap();
+    let (plain, _) =
+        comet_model::generate(&model, &prompt, max_tokens, &mut sampler, &[], |_| Ok(())).unwrap();
+    let mut session = dep
+        .session(capacity_for(prompt.len(), max_tokens), NetProfile::none())
+        .unwrap();
     let mut sampler = Sampler::new(SamplingParams::default());
-    let secure = generate(session.client(), &prompt, max_tokens, &mut sampler, &[], "none", |_| Ok(())).unwrap();
+    let secure = generate(
+        session.client(),
+        &prompt,
+        max_tokens,
+        &mut sampler,
+        &[],
+        "none",
+        |_| Ok(()),
+    )
+    .unwrap();
     session.finish().unwrap();
     assert_eq!(secure.tokens, plain);
     assert_eq!(secure.report.decode.len(), max_tokens - 1);

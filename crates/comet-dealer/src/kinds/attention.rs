@@ -71,13 +71,15 @@ impl AttnParams {
         check_size("key/value heads", self.n_kv_heads)?;
         check_size("head width", self.head_dim)?;
         check_size("cached rows", self.rows)?;
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(DealerError::InvalidParams(format!(
                 "{} query heads cannot share {} key/value heads",
                 self.n_heads, self.n_kv_heads
             )));
         }
-        let mask = weights.get(&self.cache).ok_or(DealerError::UnknownWeight(self.cache.0))?;
+        let mask = weights
+            .get(&self.cache)
+            .ok_or(DealerError::UnknownWeight(self.cache.0))?;
         if mask.n != self.n_kv_heads * self.head_dim || mask.k < self.rows {
             return Err(DealerError::InvalidParams(format!(
                 "cache mask {} is {}x{}, the request reads {} rows of width {}",
@@ -162,7 +164,8 @@ impl CorrelationKind for AttnScoreMask {
             PartyId::P0 => expand(&get_seed(&mut r)?, n_c),
             PartyId::P1 => get_ring(&mut r, n_c, Self::NAME)?,
         };
-        r.finish().map_err(|e| DealerError::malformed(Self::NAME, e))?;
+        r.finish()
+            .map_err(|e| DealerError::malformed(Self::NAME, e))?;
         Ok(Self { a, c })
     }
 }
@@ -230,7 +233,8 @@ impl CorrelationKind for AttnValueMask {
             PartyId::P0 => expand(&get_seed(&mut r)?, n_c),
             PartyId::P1 => get_ring(&mut r, n_c, Self::NAME)?,
         };
-        r.finish().map_err(|e| DealerError::malformed(Self::NAME, e))?;
+        r.finish()
+            .map_err(|e| DealerError::malformed(Self::NAME, e))?;
         Ok(Self { a, c })
     }
 }
@@ -265,7 +269,8 @@ impl CorrelationKind for ClientInputMask {
     }
 
     fn decode(party: PartyId, p: &MatmulParams, bytes: &[u8]) -> Result<Self, DealerError> {
-        let a_seed = get_seed(&mut Reader::new(bytes)).map_err(|e| DealerError::malformed(Self::NAME, e))?;
+        let a_seed =
+            get_seed(&mut Reader::new(bytes)).map_err(|e| DealerError::malformed(Self::NAME, e))?;
         let mask = MatmulMask::decode(party, p, bytes)?;
         Ok(Self { a_seed, mask })
     }
@@ -274,15 +279,28 @@ impl CorrelationKind for ClientInputMask {
 /// The dealer's per-session record of one KV cache: a fresh mask `B = B0 + B1` of `rows ×
 /// width`, each server's share expanded from its own seed. Returns the mask (to register with
 /// [`crate::Dealer::insert_weight_mask`]) and the two seeds (one per server).
-pub fn fresh_cache_mask(rows: usize, width: usize, prg: &mut comet_core::Prg) -> (WeightMask, [Seed; 2]) {
+pub fn fresh_cache_mask(
+    rows: usize,
+    width: usize,
+    prg: &mut comet_core::Prg,
+) -> (WeightMask, [Seed; 2]) {
     let s0 = prg.next_seed();
     let s1 = prg.next_seed();
     let mask = comet_core::ring::add(&expand(&s0, rows * width), &expand(&s1, rows * width));
-    (WeightMask { k: rows, n: width, mask }, [s0, s1])
+    (
+        WeightMask {
+            k: rows,
+            n: width,
+            mask,
+        },
+        [s0, s1],
+    )
 }
 
 fn dot(a: &[u64], b: &[u64]) -> u64 {
-    a.iter().zip(b).fold(0u64, |acc, (x, y)| acc.wrapping_add(x.wrapping_mul(*y)))
+    a.iter()
+        .zip(b)
+        .fold(0u64, |acc, (x, y)| acc.wrapping_add(x.wrapping_mul(*y)))
 }
 
 #[cfg(test)]
@@ -297,7 +315,10 @@ mod tests {
         let req = crate::encode_request::<K>(p);
         let h0 = d.serve(PartyId::P0, &req).unwrap();
         let h1 = d.serve(PartyId::P1, &req).unwrap();
-        (K::decode(PartyId::P0, p, &h0).unwrap(), K::decode(PartyId::P1, p, &h1).unwrap())
+        (
+            K::decode(PartyId::P0, p, &h0).unwrap(),
+            K::decode(PartyId::P1, p, &h1).unwrap(),
+        )
     }
 
     #[test]
@@ -309,7 +330,14 @@ mod tests {
         let b = mask.mask.clone();
         let id = WeightId(1000);
         d.insert_weight_mask(id, mask);
-        let p = AttnParams { m: 2, n_heads, n_kv_heads: n_kv, head_dim: hd, cache: id, rows: 5 };
+        let p = AttnParams {
+            m: 2,
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            cache: id,
+            rows: 5,
+        };
         let (s0, s1) = fetch::<AttnScoreMask>(&mut d, &p);
         let a = reconstruct(&s0.a, &s1.a);
         let c = reconstruct(&s0.c, &s1.c);
@@ -343,14 +371,31 @@ mod tests {
     #[test]
     fn bad_requests_are_refused() {
         let mut d = Dealer::with_prg(Prg::from_seed([9; 16]));
-        let p = AttnParams { m: 1, n_heads: 3, n_kv_heads: 2, head_dim: 4, cache: WeightId(5), rows: 2 };
+        let p = AttnParams {
+            m: 1,
+            n_heads: 3,
+            n_kv_heads: 2,
+            head_dim: 4,
+            cache: WeightId(5),
+            rows: 2,
+        };
         let req = crate::encode_request::<AttnScoreMask>(&p);
         assert!(d.serve(PartyId::P0, &req).is_err());
         let (mask, _) = fresh_cache_mask(4, 8, &mut Prg::from_seed([1; 16]));
         d.insert_weight_mask(WeightId(5), mask);
-        let p = AttnParams { m: 1, n_heads: 2, n_kv_heads: 2, head_dim: 4, cache: WeightId(5), rows: 9 };
+        let p = AttnParams {
+            m: 1,
+            n_heads: 2,
+            n_kv_heads: 2,
+            head_dim: 4,
+            cache: WeightId(5),
+            rows: 9,
+        };
         let req = crate::encode_request::<AttnValueMask>(&p);
-        assert!(matches!(d.serve(PartyId::P0, &req), Err(DealerError::InvalidParams(_))));
+        assert!(matches!(
+            d.serve(PartyId::P0, &req),
+            Err(DealerError::InvalidParams(_))
+        ));
     }
 
     #[test]
@@ -358,7 +403,11 @@ mod tests {
         let mut d = Dealer::with_prg(Prg::from_seed([3; 16]));
         let w: Vec<u64> = (0..12).collect();
         let _views = d.register_weight(&w, 4, 3);
-        let p = MatmulParams { m: 2, k: 4, weights: vec![(WeightId(0), 3)] };
+        let p = MatmulParams {
+            m: 2,
+            k: 4,
+            weights: vec![(WeightId(0), 3)],
+        };
         let (h0, h1) = fetch::<ClientInputMask>(&mut d, &p);
         assert_eq!(expand(&h0.a_seed, 8), h0.mask.a);
         assert_eq!(expand(&h1.a_seed, 8), h1.mask.a);
