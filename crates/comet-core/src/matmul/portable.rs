@@ -10,24 +10,35 @@ const MR: usize = 4;
 const NR: usize = 8;
 const DR: usize = 2;
 const DC: usize = 4;
+/// Width of a one-row strip (the decode case reads `B` rows as 256-byte runs).
+const SW: usize = 32;
 
 impl Backend for Portable {
     const MR: usize = MR;
     const NR: usize = NR;
     const DR: usize = DR;
     const DC: usize = DC;
+    const SR: usize = 1;
+    const SW: usize = SW;
 
     unsafe fn tile(t: &Tile) {
+        debug_assert!((1..=MR).contains(&t.rows) && (1..=NR).contains(&t.cols));
         // SAFETY: the caller guarantees the `Tile` contract, and `rows` picks a block height
         // equal to `t.rows`, so no row beyond the contract is read or written.
         unsafe {
             match t.rows {
-                1 => tile_rows::<1>(t),
-                2 => tile_rows::<2>(t),
-                3 => tile_rows::<3>(t),
-                _ => tile_rows::<MR>(t),
+                1 => tile_rows::<1, NR>(t),
+                2 => tile_rows::<2, NR>(t),
+                3 => tile_rows::<3, NR>(t),
+                _ => tile_rows::<MR, NR>(t),
             }
         }
+    }
+
+    unsafe fn strip(t: &Tile) {
+        debug_assert!(t.rows == 1 && (1..=SW).contains(&t.cols));
+        // SAFETY: the caller guarantees the `Tile` contract with one row and width SW.
+        unsafe { tile_rows::<1, SW>(t) }
     }
 
     unsafe fn dot_tile(t: &DotTile) {
@@ -41,15 +52,15 @@ impl Backend for Portable {
     }
 }
 
-/// `C[R×cols] += A[R×kc] · B[kc×NR]`.
+/// `C[R×cols] += A[R×kc] · B[kc×W]`.
 ///
 /// # Safety
-/// `t` satisfies the `Tile` contract with `t.rows == R`.
-unsafe fn tile_rows<const R: usize>(t: &Tile) {
-    let mut acc = [[0u64; NR]; R];
+/// `t` satisfies the `Tile` contract with `t.rows == R` and panel width `W`.
+unsafe fn tile_rows<const R: usize, const W: usize>(t: &Tile) {
+    let mut acc = [[0u64; W]; R];
     for p in 0..t.kc {
-        // SAFETY: p < kc, so B row p (NR elements from b + p*ldb) is inside the panel.
-        let b_row: [u64; NR] = unsafe { t.b.add(p * t.ldb).cast::<[u64; NR]>().read_unaligned() };
+        // SAFETY: p < kc, so B row p (W elements from b + p*ldb) is inside the panel.
+        let b_row: [u64; W] = unsafe { t.b.add(p * t.ldb).cast::<[u64; W]>().read_unaligned() };
         for (i, acc_row) in acc.iter_mut().enumerate() {
             // SAFETY: i < R = rows and p < kc: inside A by the contract.
             let a = unsafe { t.a.add(i * t.lda + p).read() };

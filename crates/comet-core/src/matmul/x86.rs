@@ -170,32 +170,44 @@ unsafe fn avx512_dot<const R: usize>(t: &DotTile) {
 // ---------------------------------------------------------------------------------------------
 // AVX2
 
-/// AVX2 kernels: 4×8 register tile (8 ymm accumulators), 2×4 dot tiles.
+/// AVX2 kernels: 4×8 register tile (8 ymm accumulators), 1×32 few-rows strips, 2×4 dot
+/// tiles.
 pub(crate) struct Avx2;
 
 /// `u64` lanes per ymm register.
 const L256: usize = 4;
 /// ymm registers per tile row.
 const V256: usize = 2;
+/// ymm registers in a one-row strip.
+const VS256: usize = 8;
 
 impl Backend for Avx2 {
     const MR: usize = 4;
     const NR: usize = V256 * L256;
     const DR: usize = 2;
     const DC: usize = 4;
+    const SR: usize = 1;
+    const SW: usize = VS256 * L256;
 
     unsafe fn tile(t: &Tile) {
         debug_assert!((1..=Self::MR).contains(&t.rows) && (1..=Self::NR).contains(&t.cols));
         // SAFETY: the caller guarantees the `Tile` contract and AVX2 support; the const row
-        // count equals `t.rows`.
+        // count equals `t.rows` and the const width is NR.
         unsafe {
             match t.rows {
-                1 => avx2_tile::<1>(t),
-                2 => avx2_tile::<2>(t),
-                3 => avx2_tile::<3>(t),
-                _ => avx2_tile::<4>(t),
+                1 => avx2_tile::<1, V256>(t),
+                2 => avx2_tile::<2, V256>(t),
+                3 => avx2_tile::<3, V256>(t),
+                _ => avx2_tile::<4, V256>(t),
             }
         }
+    }
+
+    unsafe fn strip(t: &Tile) {
+        debug_assert!(t.rows == 1 && (1..=Self::SW).contains(&t.cols));
+        // SAFETY: the caller guarantees the `Tile` contract with one row and width SW, and
+        // AVX2 support.
+        unsafe { avx2_tile::<1, VS256>(t) }
     }
 
     unsafe fn dot_tile(t: &DotTile) {
@@ -220,20 +232,21 @@ fn mul64_avx2(a: __m256i, a_hi: __m256i, b: __m256i, b_hi: __m256i) -> __m256i {
     _mm256_add_epi64(lo, _mm256_slli_epi64::<32>(cross))
 }
 
-/// `C[R×cols] += A[R×kc] · B[kc×8]`, accumulators in 2R ymm registers.
+/// `C[R×cols] += A[R×kc] · B[kc×4V]`, accumulators in R·V ymm registers.
 ///
 /// # Safety
-/// `t` satisfies the `Tile` contract with `t.rows == R`, and the CPU has AVX2.
+/// `t` satisfies the `Tile` contract with `t.rows == R` and panel width `4V`, and the CPU
+/// has AVX2.
 #[target_feature(enable = "avx2")]
-unsafe fn avx2_tile<const R: usize>(t: &Tile) {
-    let mut acc = [[_mm256_setzero_si256(); V256]; R];
+unsafe fn avx2_tile<const R: usize, const V: usize>(t: &Tile) {
+    let mut acc = [[_mm256_setzero_si256(); V]; R];
     let mut a = t.a;
     let mut b = t.b;
     for _ in 0..t.kc {
-        let mut bv = [_mm256_setzero_si256(); V256];
-        let mut bh = [_mm256_setzero_si256(); V256];
-        for v in 0..V256 {
-            // SAFETY: columns 4v..4v+4 < NR of the current B row, inside the panel.
+        let mut bv = [_mm256_setzero_si256(); V];
+        let mut bh = [_mm256_setzero_si256(); V];
+        for v in 0..V {
+            // SAFETY: columns 4v..4v+4 < 4V of the current B row, inside the panel.
             bv[v] = unsafe { _mm256_loadu_si256(b.add(v * L256).cast()) };
             bh[v] = _mm256_srli_epi64::<32>(bv[v]);
         }
@@ -242,7 +255,7 @@ unsafe fn avx2_tile<const R: usize>(t: &Tile) {
             let x = unsafe { a.add(i * t.lda).read() };
             let al = _mm256_set1_epi64x(x as i64);
             let ah = _mm256_set1_epi64x((x >> 32) as i64);
-            for v in 0..V256 {
+            for v in 0..V {
                 acc_row[v] = _mm256_add_epi64(acc_row[v], mul64_avx2(al, ah, bv[v], bh[v]));
             }
         }
@@ -250,12 +263,12 @@ unsafe fn avx2_tile<const R: usize>(t: &Tile) {
         b = b.wrapping_add(t.ldb);
     }
     for (i, acc_row) in acc.iter().enumerate() {
-        let mut lanes = [0u64; V256 * L256];
-        for (v, &sum) in acc_row.iter().enumerate() {
-            // SAFETY: `lanes` holds V256·4 u64, so lanes 4v..4v+4 are in bounds.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().add(v * L256).cast(), sum) };
+        let mut lanes = [[0u64; L256]; V];
+        for (chunk, &sum) in lanes.iter_mut().zip(acc_row) {
+            // SAFETY: `chunk` is exactly one ymm register wide.
+            unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), sum) };
         }
-        for (j, &v) in lanes.iter().enumerate().take(t.cols) {
+        for (j, &v) in lanes.iter().flatten().enumerate().take(t.cols) {
             // SAFETY: i < rows, j < cols: inside this call's exclusive C tile.
             unsafe {
                 let c = t.c.add(i * t.ldc + j);
