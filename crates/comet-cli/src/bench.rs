@@ -281,7 +281,10 @@ fn cases(prg: &mut Prg) -> Vec<Case> {
         F,
         F,
         qx.clone(),
-        Box::new(|p, s| Ok(as_p0_share(p, arith::open(p, &s[0])?))),
+        Box::new(|p, s| {
+            let opened = arith::open(p, &s[0])?;
+            Ok(as_p0_share(p, opened))
+        }),
     ));
     let sum: Vec<f64> = qx.iter().zip(&qy).map(|(a, b)| a + b).collect();
     v.push(case(
