@@ -35,6 +35,8 @@ fn main() {
         Ok(out)
     });
     for (a, b, c, d) in r0.unwrap() {
-        println!("rms_normalize {a:?}  softmax(9x64) {b:?}  silu(1536) {c:?}  matmul 576x1536 {d:?}");
+        println!(
+            "rms_normalize {a:?}  softmax(9x64) {b:?}  silu(1536) {c:?}  matmul 576x1536 {d:?}"
+        );
     }
 }

@@ -16,13 +16,13 @@ use crate::model::ServerModel;
 use crate::nl;
 use comet_core::{matmul, ring, FixedPoint};
 use comet_dealer::kinds::attention::{AttnParams, AttnScoreMask, AttnValueMask};
-use comet_dealer::kinds::matmul::MatmulMask;
+use comet_dealer::kinds::matmul::{MatmulMask, MatmulParams};
 use comet_dealer::FixedWeight;
 use comet_model::LlamaConfig;
 use comet_protocols::{arith, trunc, Party};
 
 /// Shares of `X·W` after the opening `E = X − A`: `[E·F] + E·B_i + A_i·F + C_i`, the bracket
-/// added by P0 only.
+/// added by P0 only. Accumulates straight into the output (no temporary `F + B_i`).
 pub fn product_after_opening(
     is_p0: bool,
     e: &[u64],
@@ -33,13 +33,42 @@ pub fn product_after_opening(
 ) -> Vec<u64> {
     let mut y = c.to_vec();
     if is_p0 {
-        let e_side = ring::add(&w.masked, &w.mask_share);
-        matmul::matmul_acc(e, &e_side, m, w.k, w.n, &mut y);
-    } else {
-        matmul::matmul_acc(e, &w.mask_share, m, w.k, w.n, &mut y);
+        matmul::matmul_acc(e, &w.masked, m, w.k, w.n, &mut y);
     }
+    matmul::matmul_acc(e, &w.mask_share, m, w.k, w.n, &mut y);
     matmul::matmul_acc(a, &w.masked, m, w.k, w.n, &mut y);
     y
+}
+
+/// Shares of `X·W_j` for every weight `W_j` consuming the same input `X` (`m × k`): one
+/// opening of `X − A` (the same message as `comet_protocols::arith::matmul_fixed`), then the
+/// local products of [`product_after_opening`].
+pub fn fixed_matmul(
+    p: &mut Party,
+    x: &[u64],
+    m: usize,
+    weights: &[&FixedWeight],
+) -> Result<Vec<Vec<u64>>> {
+    let k = weights.first().map_or(0, |w| w.k);
+    if k == 0 || x.len() != m * k || weights.iter().any(|w| w.k != k) {
+        return Err(EngineError::InvalidRequest(format!(
+            "product of {} values with weights of {k} rows",
+            x.len()
+        )));
+    }
+    let params = MatmulParams {
+        m,
+        k,
+        weights: weights.iter().map(|w| (w.id, w.n)).collect(),
+    };
+    let mask: MatmulMask = p.correlation(&params)?;
+    let e = arith::open(p, &ring::sub(x, &mask.a))?;
+    let is_p0 = p.is_p0();
+    Ok(weights
+        .iter()
+        .zip(&mask.c)
+        .map(|(w, c)| product_after_opening(is_p0, &e, &mask.a, c, w, m))
+        .collect())
 }
 
 /// The token embedding of `m` tokens from the client's opened one-hots `E = X − A`
@@ -103,7 +132,7 @@ pub fn forward(
         nl::rms_normalize(p, last, logits_rows, d, c.norm_eps)?
     };
     let _s = p.scope("lm_head");
-    let logits = arith::matmul_fixed(p, &normed, logits_rows, &[&model.lm_head])?;
+    let logits = fixed_matmul(p, &normed, logits_rows, &[&model.lm_head])?;
     Ok(logits.into_iter().next().expect("one weight"))
 }
 
@@ -131,7 +160,7 @@ fn block(
     };
     let qkv = {
         let _s = p.scope("attn.qkv");
-        arith::matmul_fixed(p, &normed, m, &[&w.wq, &w.wk, &w.wv])?
+        fixed_matmul(p, &normed, m, &[&w.wq, &w.wk, &w.wv])?
     };
     let q_rot = rope.rotate(&qkv[0], m, c.n_heads, c.head_dim, true);
     let k_rot = rope.rotate(&qkv[1], m, c.n_kv_heads, c.head_dim, false);
@@ -177,7 +206,7 @@ fn block(
     };
     let out = {
         let _s = p.scope("attn.out");
-        let o = arith::matmul_fixed(p, &attn, m, &[&w.wo])?;
+        let o = fixed_matmul(p, &attn, m, &[&w.wo])?;
         trunc::truncate(p, &o[0], 2 * f)?
     };
     ring::add_assign(x, &out);
@@ -189,7 +218,7 @@ fn block(
     };
     let gate_up = {
         let _s = p.scope("ffn.gate_up");
-        let gu = arith::matmul_fixed(p, &normed, m, &[&w.w_gate, &w.w_up])?;
+        let gu = fixed_matmul(p, &normed, m, &[&w.w_gate, &w.w_up])?;
         trunc::truncate_many(p, &[(&gu[0], f), (&gu[1], f)])?
     };
     let activated = {
@@ -202,7 +231,7 @@ fn block(
     };
     let down = {
         let _s = p.scope("ffn.down");
-        let o = arith::matmul_fixed(p, &hidden, m, &[&w.w_down])?;
+        let o = fixed_matmul(p, &hidden, m, &[&w.w_down])?;
         trunc::truncate(p, &o[0], 2 * f)?
     };
     ring::add_assign(x, &down);
@@ -341,5 +370,45 @@ impl Rope {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comet_core::share::reconstruct;
+    use comet_core::Prg;
+    use comet_dealer::{Dealer, InProcessDealer};
+    use comet_protocols::testing::{run_pair, share_for_test};
+
+    #[test]
+    fn fixed_matmul_matches_plaintext_with_one_opening() {
+        let mut prg = Prg::from_seed([6; 16]);
+        let (m, k, n1, n2) = (2, 9, 5, 3);
+        let (w1, w2, x) = (
+            prg.gen_u64s(k * n1),
+            prg.gen_u64s(k * n2),
+            prg.gen_u64s(m * k),
+        );
+        let xs = share_for_test(&x, &mut prg);
+        let dealer = InProcessDealer::new(Dealer::with_prg(Prg::from_seed([7; 16])));
+        let v1 = dealer.with(|d| d.register_weight(&w1, k, n1));
+        let v2 = dealer.with(|d| d.register_weight(&w2, k, n2));
+        let (r0, r1) = run_pair(&dealer, |p| {
+            let i = p.id.index();
+            let y = fixed_matmul(p, &xs[i], m, &[&v1[i], &v2[i]])
+                .map_err(|e| comet_protocols::ProtocolError::Shape(e.to_string()))?;
+            Ok((y, p.online_meter().total().rounds))
+        });
+        let ((y0, rounds), (y1, _)) = (r0.unwrap(), r1.unwrap());
+        assert_eq!(rounds, 1);
+        assert_eq!(
+            reconstruct(&y0[0], &y1[0]),
+            matmul::matmul_naive(&x, &w1, m, k, n1)
+        );
+        assert_eq!(
+            reconstruct(&y0[1], &y1[1]),
+            matmul::matmul_naive(&x, &w2, m, k, n2)
+        );
     }
 }

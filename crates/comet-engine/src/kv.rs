@@ -170,3 +170,20 @@ impl SecureKvCache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_seeds_round_trip_and_reject_garbage() {
+        let seeds = KvSessionSeeds {
+            rows: 7,
+            layers: vec![[[1; 16], [2; 16]], [[3; 16], [4; 16]]],
+        };
+        assert_eq!(KvSessionSeeds::decode(&seeds.encode()).unwrap(), seeds);
+        let bytes = seeds.encode();
+        assert!(KvSessionSeeds::decode(&bytes[..bytes.len() - 3]).is_err());
+        assert!(KvSessionSeeds::decode(&[]).is_err());
+    }
+}

@@ -49,6 +49,9 @@ impl LocalDeployment {
 
     /// Starts a session of up to `capacity` positions: fresh KV cache masks at the dealer,
     /// both servers on their own threads, and the client's end returned.
+    ///
+    /// The KV cache masks live under fixed dealer ids, so a deployment runs one session at a
+    /// time: starting a new one replaces the previous session's masks.
     pub fn session(&mut self, capacity: usize, net: NetProfile) -> Result<LocalSession> {
         check_capacity(&self.config, capacity)?;
         let seeds = {
