@@ -41,7 +41,11 @@ impl PartyId {
 /// Splits `secret` into two additive shares using randomness from `prg`.
 pub fn share(secret: &[u64], prg: &mut Prg) -> (Vec<u64>, Vec<u64>) {
     let s0 = prg.gen_u64s(secret.len());
-    let s1 = secret.iter().zip(&s0).map(|(x, r)| x.wrapping_sub(*r)).collect();
+    let s1 = secret
+        .iter()
+        .zip(&s0)
+        .map(|(x, r)| x.wrapping_sub(*r))
+        .collect();
     (s0, s1)
 }
 

@@ -19,7 +19,11 @@ pub trait CorrelationSource: Send {
 /// Typed access to any [`CorrelationSource`].
 pub trait CorrelationSourceExt: CorrelationSource {
     /// Fetches and decodes one correlation of kind `K`.
-    fn fetch<K: CorrelationKind>(&mut self, party: PartyId, params: &K::Params) -> Result<K, DealerError> {
+    fn fetch<K: CorrelationKind>(
+        &mut self,
+        party: PartyId,
+        params: &K::Params,
+    ) -> Result<K, DealerError> {
         let bytes = self.fetch_raw(&encode_request::<K>(params))?;
         K::decode(party, params, &bytes)
     }
@@ -51,7 +55,9 @@ pub struct Dealer {
 
 impl std::fmt::Debug for Dealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dealer").field("weights", &self.weights.len()).finish_non_exhaustive()
+        f.debug_struct("Dealer")
+            .field("weights", &self.weights.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -63,7 +69,12 @@ impl Dealer {
 
     /// A dealer with a given PRG (deterministic tests).
     pub fn with_prg(prg: Prg) -> Self {
-        Self { prg, weights: HashMap::new(), queued: [VecDeque::new(), VecDeque::new()], next_weight: 0 }
+        Self {
+            prg,
+            weights: HashMap::new(),
+            queued: [VecDeque::new(), VecDeque::new()],
+            next_weight: 0,
+        }
     }
 
     /// Registers plaintext weight `w` (`k × n`, input-major) under a fresh id; returns the two
@@ -98,7 +109,10 @@ impl Dealer {
         let (&tag, params) = request
             .split_first()
             .ok_or_else(|| DealerError::Malformed("empty request".into()))?;
-        let mut ctx = GenContext { prg: &mut self.prg, weights: &self.weights };
+        let mut ctx = GenContext {
+            prg: &mut self.prg,
+            weights: &self.weights,
+        };
         let [h0, h1] = generate_by_tag(tag, params, &mut ctx)?;
         let (mine, other) = if me == 0 { (h0, h1) } else { (h1, h0) };
         self.queued[1 - me].push_back((request.to_vec(), other));
@@ -128,7 +142,9 @@ pub struct InProcessDealer {
 impl InProcessDealer {
     /// Wraps a dealer for in-process use.
     pub fn new(dealer: Dealer) -> Self {
-        Self { inner: Arc::new(Mutex::new(dealer)) }
+        Self {
+            inner: Arc::new(Mutex::new(dealer)),
+        }
     }
 
     /// Runs `f` on the dealer (for registering weights).
@@ -143,7 +159,11 @@ impl InProcessDealer {
 
     /// The correlation source of server `party`.
     pub fn source(&self, party: PartyId) -> LocalSource {
-        LocalSource { dealer: self.inner.clone(), party, meter: CostMeter::new() }
+        LocalSource {
+            dealer: self.inner.clone(),
+            party,
+            meter: CostMeter::new(),
+        }
     }
 }
 
@@ -160,7 +180,11 @@ impl CorrelationSource for LocalSource {
     fn fetch_raw(&mut self, request: &[u8]) -> Result<Vec<u8>, DealerError> {
         self.meter.record_send(frame::HEADER_LEN + request.len());
         self.meter.record_flush();
-        let half = self.dealer.lock().unwrap_or_else(|e| e.into_inner()).serve(self.party, request)?;
+        let half = self
+            .dealer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .serve(self.party, request)?;
         // The remote reply carries one status byte before the half.
         self.meter.record_recv(frame::HEADER_LEN + 1 + half.len());
         Ok(half)

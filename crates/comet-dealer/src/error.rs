@@ -15,8 +15,14 @@ pub enum DealerError {
     #[error("unknown correlation kind tag {0}")]
     UnknownKind(u8),
     /// The two servers asked for different correlations at the same position.
-    #[error("servers out of sync: {party} asked for {asked}, the other server had asked for {expected}")]
-    OutOfSync { party: String, asked: String, expected: String },
+    #[error(
+        "servers out of sync: {party} asked for {asked}, the other server had asked for {expected}"
+    )]
+    OutOfSync {
+        party: String,
+        asked: String,
+        expected: String,
+    },
     /// A request refers to a weight the dealer does not hold.
     #[error("unknown weight id {0}")]
     UnknownWeight(u32),

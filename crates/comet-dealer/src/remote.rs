@@ -36,7 +36,9 @@ impl CorrelationSource for RemoteSource {
                 "dealer refused the request: {}",
                 String::from_utf8_lossy(&reply[1..])
             ))),
-            _ => Err(DealerError::Malformed("dealer reply without a valid status byte".into())),
+            _ => Err(DealerError::Malformed(
+                "dealer reply without a valid status byte".into(),
+            )),
         }
     }
 
@@ -47,14 +49,21 @@ impl CorrelationSource for RemoteSource {
 
 /// Serves one server's requests until it closes the channel. Errors in a request are sent
 /// back to the server (and returned) so both ends stop with the same cause.
-pub fn serve_party(dealer: Arc<Mutex<Dealer>>, party: PartyId, chan: &mut dyn Channel) -> Result<(), DealerError> {
+pub fn serve_party(
+    dealer: Arc<Mutex<Dealer>>,
+    party: PartyId,
+    chan: &mut dyn Channel,
+) -> Result<(), DealerError> {
     loop {
         let request = match chan.recv() {
             Ok(r) => r,
             Err(NetError::Closed(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let answer = dealer.lock().unwrap_or_else(|e| e.into_inner()).serve(party, &request);
+        let answer = dealer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .serve(party, &request);
         match answer {
             Ok(half) => {
                 let mut msg = Vec::with_capacity(half.len() + 1);

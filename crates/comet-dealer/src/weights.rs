@@ -42,13 +42,31 @@ pub fn mask_weight(
     n: usize,
     prg: &mut Prg,
 ) -> (WeightMask, [FixedWeight; 2]) {
-    assert_eq!(w.len(), k * n, "weight has {} elements, expected {k}x{n}", w.len());
+    assert_eq!(
+        w.len(),
+        k * n,
+        "weight has {} elements, expected {k}x{n}",
+        w.len()
+    );
     let b0 = Prg::from_seed(prg.next_seed()).gen_u64s(k * n);
     let b1 = Prg::from_seed(prg.next_seed()).gen_u64s(k * n);
     let mask = comet_core::ring::add(&b0, &b1);
     let masked = comet_core::ring::sub(w, &mask);
-    let view = |mask_share| FixedWeight { id, k, n, masked: masked.clone(), mask_share };
-    (WeightMask { k, n, mask: mask.clone() }, [view(b0), view(b1)])
+    let view = |mask_share| FixedWeight {
+        id,
+        k,
+        n,
+        masked: masked.clone(),
+        mask_share,
+    };
+    (
+        WeightMask {
+            k,
+            n,
+            mask: mask.clone(),
+        },
+        [view(b0), view(b1)],
+    )
 }
 
 impl WeightMask {

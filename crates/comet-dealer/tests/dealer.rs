@@ -4,7 +4,9 @@ use comet_core::{PartyId, Prg};
 use comet_dealer::dealer::CorrelationSourceExt;
 use comet_dealer::kinds::beaver::BeaverTriple;
 use comet_dealer::kinds::matmul::{MatmulMask, MatmulParams};
-use comet_dealer::{encode_request, CorrelationSource, Dealer, DealerError, InProcessDealer, RemoteSource};
+use comet_dealer::{
+    encode_request, CorrelationSource, Dealer, DealerError, InProcessDealer, RemoteSource,
+};
 use comet_net::memory_pair;
 
 #[test]
@@ -40,13 +42,31 @@ fn bad_requests_are_clear_errors() {
     let dealer = InProcessDealer::new(Dealer::new());
     let mut s0 = dealer.source(PartyId::P0);
     assert!(matches!(s0.fetch_raw(&[]), Err(DealerError::Malformed(_))));
-    assert!(matches!(s0.fetch_raw(&[200]), Err(DealerError::UnknownKind(200))));
-    assert!(matches!(s0.fetch_raw(&[2, 1]), Err(DealerError::Malformed(_))));
-    assert!(matches!(s0.fetch::<BeaverTriple>(PartyId::P0, &0), Err(DealerError::InvalidParams(_))));
-    let params = MatmulParams { m: 1, k: 3, weights: vec![(comet_dealer::WeightId(7), 2)] };
-    assert!(matches!(s0.fetch::<MatmulMask>(PartyId::P0, &params), Err(DealerError::UnknownWeight(7))));
+    assert!(matches!(
+        s0.fetch_raw(&[200]),
+        Err(DealerError::UnknownKind(200))
+    ));
+    assert!(matches!(
+        s0.fetch_raw(&[2, 1]),
+        Err(DealerError::Malformed(_))
+    ));
+    assert!(matches!(
+        s0.fetch::<BeaverTriple>(PartyId::P0, &0),
+        Err(DealerError::InvalidParams(_))
+    ));
+    let params = MatmulParams {
+        m: 1,
+        k: 3,
+        weights: vec![(comet_dealer::WeightId(7), 2)],
+    };
+    assert!(matches!(
+        s0.fetch::<MatmulMask>(PartyId::P0, &params),
+        Err(DealerError::UnknownWeight(7))
+    ));
     // A truncated half is a decoding error, not a panic.
-    let half = Dealer::new().serve(PartyId::P1, &encode_request::<BeaverTriple>(&8)).unwrap();
+    let half = Dealer::new()
+        .serve(PartyId::P1, &encode_request::<BeaverTriple>(&8))
+        .unwrap();
     let cut = &half[..half.len() - 3];
     assert!(<BeaverTriple as comet_dealer::CorrelationKind>::decode(PartyId::P1, &8, cut).is_err());
 }
@@ -62,7 +82,11 @@ fn remote_dealer_serves_both_servers_over_channels() {
     let shared2 = dealer.shared();
     let t0 = std::thread::spawn(move || comet_dealer::serve_party(shared, PartyId::P0, &mut d0));
     let t1 = std::thread::spawn(move || comet_dealer::serve_party(shared2, PartyId::P1, &mut d1));
-    let params = MatmulParams { m: 2, k: 4, weights: vec![(views[0].id, 3)] };
+    let params = MatmulParams {
+        m: 2,
+        k: 4,
+        weights: vec![(views[0].id, 3)],
+    };
     let mut r0 = RemoteSource::new(Box::new(c0));
     let mut r1 = RemoteSource::new(Box::new(c1));
     let h0: MatmulMask = r0.fetch(PartyId::P0, &params).unwrap();
@@ -72,7 +96,11 @@ fn remote_dealer_serves_both_servers_over_channels() {
     let b = comet_core::ring::add(&views[0].mask_share, &views[1].mask_share);
     assert_eq!(c, comet_core::matmul::matmul_naive(&a, &b, 2, 4, 3));
     // An error at the dealer reaches the server as a clear message.
-    let bad = MatmulParams { m: 2, k: 5, weights: vec![(views[0].id, 3)] };
+    let bad = MatmulParams {
+        m: 2,
+        k: 5,
+        weights: vec![(views[0].id, 3)],
+    };
     let err = r0.fetch::<MatmulMask>(PartyId::P0, &bad).unwrap_err();
     assert!(err.to_string().contains("dealer refused"), "{err}");
     drop(r0);

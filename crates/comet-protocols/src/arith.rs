@@ -18,7 +18,10 @@ pub fn open(p: &mut Party, x: &[u64]) -> Result<Vec<u64>, ProtocolError> {
 pub fn open_bits(p: &mut Party, x: &[u64], bits: u32) -> Result<Vec<u64>, ProtocolError> {
     let mask = ring::mask_bits(bits);
     let theirs = p.exchange(x, bits)?;
-    Ok(x.iter().zip(&theirs).map(|(a, b)| a.wrapping_add(*b) & mask).collect())
+    Ok(x.iter()
+        .zip(&theirs)
+        .map(|(a, b)| a.wrapping_add(*b) & mask)
+        .collect())
 }
 
 /// Reveals several vectors, each modulo its own `2^bits`, in a single round.
@@ -29,7 +32,10 @@ pub fn open_many(p: &mut Party, parts: &[(&[u64], u32)]) -> Result<Vec<Vec<u64>>
         .zip(theirs)
         .map(|((mine, bits), other)| {
             let mask = ring::mask_bits(*bits);
-            mine.iter().zip(&other).map(|(a, b)| a.wrapping_add(*b) & mask).collect()
+            mine.iter()
+                .zip(&other)
+                .map(|(a, b)| a.wrapping_add(*b) & mask)
+                .collect()
         })
         .collect())
 }
@@ -90,9 +96,16 @@ pub fn matmul_fixed(
         .ok_or_else(|| ProtocolError::Shape("matmul_fixed needs at least one weight".into()))?;
     check_len("matmul input", x.len(), m * k)?;
     if let Some(w) = weights.iter().find(|w| w.k != k) {
-        return Err(ProtocolError::Shape(format!("weight {} has {} input rows, expected {k}", w.id.0, w.k)));
+        return Err(ProtocolError::Shape(format!(
+            "weight {} has {} input rows, expected {k}",
+            w.id.0, w.k
+        )));
     }
-    let params = MatmulParams { m, k, weights: weights.iter().map(|w| (w.id, w.n)).collect() };
+    let params = MatmulParams {
+        m,
+        k,
+        weights: weights.iter().map(|w| (w.id, w.n)).collect(),
+    };
     let mask: MatmulMask = p.correlation(&params)?;
     let e = open(p, &ring::sub(x, &mask.a))?;
     let is_p0 = p.is_p0();
@@ -102,7 +115,11 @@ pub fn matmul_fixed(
         .map(|(w, c)| {
             // Y_i = [E·F] + E·B_i + A_i·F + C_i, the bracket added by P0 only.
             let mut y = c.clone();
-            let e_side = if is_p0 { ring::add(&w.masked, &w.mask_share) } else { w.mask_share.clone() };
+            let e_side = if is_p0 {
+                ring::add(&w.masked, &w.mask_share)
+            } else {
+                w.mask_share.clone()
+            };
             ring::add_assign(&mut y, &matmul::matmul(&e, &e_side, m, k, w.n));
             ring::add_assign(&mut y, &matmul::matmul(&mask.a, &w.masked, m, k, w.n));
             y
@@ -140,7 +157,11 @@ mod tests {
         assert_eq!(o1, x);
         assert_eq!(s0, x.iter().map(|v| v & 0xfff).collect::<Vec<_>>());
         assert_eq!(s0, s1);
-        let expected: Vec<u64> = x.iter().zip(&y).map(|(a, b)| a.wrapping_mul(*b).wrapping_add(5)).collect();
+        let expected: Vec<u64> = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| a.wrapping_mul(*b).wrapping_add(5))
+            .collect();
         assert_eq!(reconstruct(&z0, &z1), expected);
         assert_eq!(rounds, 3, "open, open_bits and mul take one round each");
     }
@@ -163,8 +184,14 @@ mod tests {
         });
         let (y0, c0) = r0.unwrap();
         let (y1, _) = r1.unwrap();
-        assert_eq!(reconstruct(&y0[0], &y1[0]), matmul::matmul_naive(&x, &w1, m, k, n1));
-        assert_eq!(reconstruct(&y0[1], &y1[1]), matmul::matmul_naive(&x, &w2, m, k, n2));
+        assert_eq!(
+            reconstruct(&y0[0], &y1[0]),
+            matmul::matmul_naive(&x, &w1, m, k, n1)
+        );
+        assert_eq!(
+            reconstruct(&y0[1], &y1[1]),
+            matmul::matmul_naive(&x, &w2, m, k, n2)
+        );
         assert_eq!(c0.rounds, 1);
         // Only the activation (m·k ring elements) crosses the wire, never the weights.
         assert_eq!(c0.bytes_sent as usize, 5 + 8 * m * k);

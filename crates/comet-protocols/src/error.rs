@@ -25,6 +25,8 @@ pub fn check_len(what: &str, got: usize, expected: usize) -> Result<(), Protocol
     if got == expected {
         Ok(())
     } else {
-        Err(ProtocolError::Shape(format!("{what} has {got} elements, expected {expected}")))
+        Err(ProtocolError::Shape(format!(
+            "{what} has {got} elements, expected {expected}"
+        )))
     }
 }

@@ -21,14 +21,27 @@ pub struct Party {
 
 impl std::fmt::Debug for Party {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Party").field("id", &self.id).field("fp", &self.fp).finish_non_exhaustive()
+        f.debug_struct("Party")
+            .field("id", &self.id)
+            .field("fp", &self.fp)
+            .finish_non_exhaustive()
     }
 }
 
 impl Party {
     /// Assembles a party from its parts.
-    pub fn new(id: PartyId, chan: Box<dyn Channel>, dealer: Box<dyn CorrelationSource>, fp: FixedPoint) -> Self {
-        Self { id, chan, dealer, fp }
+    pub fn new(
+        id: PartyId,
+        chan: Box<dyn Channel>,
+        dealer: Box<dyn CorrelationSource>,
+        fp: FixedPoint,
+    ) -> Self {
+        Self {
+            id,
+            chan,
+            dealer,
+            fp,
+        }
     }
 
     /// True for P0 (the server that adds public constants).
@@ -38,7 +51,10 @@ impl Party {
 
     /// Opens a cost scope on both the online and the offline meter.
     pub fn scope(&self, label: &str) -> (ScopeGuard, ScopeGuard) {
-        (self.chan.meter().scope(label), self.dealer.meter().scope(label))
+        (
+            self.chan.meter().scope(label),
+            self.dealer.meter().scope(label),
+        )
     }
 
     /// Meter of the online traffic.
@@ -52,7 +68,10 @@ impl Party {
     }
 
     /// Fetches this server's half of one correlation.
-    pub fn correlation<K: CorrelationKind>(&mut self, params: &K::Params) -> Result<K, ProtocolError> {
+    pub fn correlation<K: CorrelationKind>(
+        &mut self,
+        params: &K::Params,
+    ) -> Result<K, ProtocolError> {
         Ok(self.dealer.fetch::<K>(self.id, params)?)
     }
 
@@ -63,7 +82,10 @@ impl Party {
     }
 
     /// Exchanges several vectors of different widths in one round.
-    pub fn exchange_many(&mut self, parts: &[(&[u64], u32)]) -> Result<Vec<Vec<u64>>, ProtocolError> {
+    pub fn exchange_many(
+        &mut self,
+        parts: &[(&[u64], u32)],
+    ) -> Result<Vec<Vec<u64>>, ProtocolError> {
         let mut w = comet_net::codec::Writer::new();
         for (values, bits) in parts {
             w.ring(values, *bits);

@@ -3,8 +3,8 @@
 use crate::{Party, ProtocolError};
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::InProcessDealer;
-use comet_net::shaping::NetProfile;
 use comet_net::memory_pair_shaped;
+use comet_net::shaping::NetProfile;
 
 /// Splits `x` into two additive shares, indexed by party.
 pub fn share_for_test(x: &[u64], prg: &mut Prg) -> [Vec<u64>; 2] {
@@ -38,8 +38,18 @@ pub fn run_pair_shaped<R: Send>(
     f: impl Fn(&mut Party) -> Result<R, ProtocolError> + Sync,
 ) -> (Result<R, ProtocolError>, Result<R, ProtocolError>) {
     let (c0, c1) = memory_pair_shaped(profile);
-    let mut p0 = Party::new(PartyId::P0, Box::new(c0), Box::new(dealer.source(PartyId::P0)), fp);
-    let mut p1 = Party::new(PartyId::P1, Box::new(c1), Box::new(dealer.source(PartyId::P1)), fp);
+    let mut p0 = Party::new(
+        PartyId::P0,
+        Box::new(c0),
+        Box::new(dealer.source(PartyId::P0)),
+        fp,
+    );
+    let mut p1 = Party::new(
+        PartyId::P1,
+        Box::new(c1),
+        Box::new(dealer.source(PartyId::P1)),
+        fp,
+    );
     std::thread::scope(|s| {
         let f = &f;
         let h1 = s.spawn(move || {
@@ -50,7 +60,9 @@ pub fn run_pair_shaped<R: Send>(
         let r0 = f(&mut p0);
         // Dropping P0's endpoint lets P1 fail fast instead of waiting for a timeout.
         drop(p0);
-        let r1 = h1.join().unwrap_or_else(|_| Err(ProtocolError::Shape("P1 panicked".into())));
+        let r1 = h1
+            .join()
+            .unwrap_or_else(|_| Err(ProtocolError::Shape("P1 panicked".into())));
         (r0, r1)
     })
 }

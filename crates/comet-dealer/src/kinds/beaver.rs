@@ -54,7 +54,8 @@ impl CorrelationKind for BeaverTriple {
             PartyId::P0 => expand(&get_seed(&mut r)?, n),
             PartyId::P1 => get_ring(&mut r, n, Self::NAME)?,
         };
-        r.finish().map_err(|e| DealerError::malformed(Self::NAME, e))?;
+        r.finish()
+            .map_err(|e| DealerError::malformed(Self::NAME, e))?;
         Ok(BeaverTriple { a, b, c })
     }
 }

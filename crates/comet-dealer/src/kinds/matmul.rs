@@ -36,7 +36,9 @@ impl CorrelationKind for MatmulMask {
     const NAME: &'static str = "matmul mask";
 
     fn encode_params(p: &MatmulParams, w: &mut Writer) {
-        w.u32(p.m as u32).u32(p.k as u32).u32(p.weights.len() as u32);
+        w.u32(p.m as u32)
+            .u32(p.k as u32)
+            .u32(p.weights.len() as u32);
         for (id, n) in &p.weights {
             w.u32(id.0).u32(*n as u32);
         }
@@ -47,7 +49,9 @@ impl CorrelationKind for MatmulMask {
         let k = r.u32()? as usize;
         let count = r.u32()? as usize;
         if count > 64 {
-            return Err(DealerError::InvalidParams(format!("{count} weights on one input")));
+            return Err(DealerError::InvalidParams(format!(
+                "{count} weights on one input"
+            )));
         }
         let mut weights = Vec::with_capacity(count);
         for _ in 0..count {
@@ -66,7 +70,10 @@ impl CorrelationKind for MatmulMask {
         put_seed(&mut w0, &seed_a0);
         put_seed(&mut w1, &seed_a1);
         for (id, n) in &p.weights {
-            let mask = ctx.weights.get(id).ok_or(DealerError::UnknownWeight(id.0))?;
+            let mask = ctx
+                .weights
+                .get(id)
+                .ok_or(DealerError::UnknownWeight(id.0))?;
             if mask.k != p.k || mask.n != *n {
                 return Err(DealerError::InvalidParams(format!(
                     "weight {} is {}x{}, the request says {}x{n}",
@@ -91,7 +98,8 @@ impl CorrelationKind for MatmulMask {
                 PartyId::P1 => get_ring(&mut r, p.m * n, Self::NAME)?,
             });
         }
-        r.finish().map_err(|e| DealerError::malformed(Self::NAME, e))?;
+        r.finish()
+            .map_err(|e| DealerError::malformed(Self::NAME, e))?;
         Ok(MatmulMask { a, c })
     }
 }

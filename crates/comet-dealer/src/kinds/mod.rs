@@ -18,7 +18,11 @@ use comet_core::{Prg, Seed};
 use comet_net::codec::{Reader, Writer};
 
 /// Generates the halves for a raw request (tag already split off).
-pub fn generate_by_tag(tag: u8, params: &[u8], ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+pub fn generate_by_tag(
+    tag: u8,
+    params: &[u8],
+    ctx: &mut GenContext,
+) -> Result<[Vec<u8>; 2], DealerError> {
     match tag {
         matmul::MatmulMask::TAG => generate::<matmul::MatmulMask>(params, ctx),
         beaver::BeaverTriple::TAG => generate::<beaver::BeaverTriple>(params, ctx),
@@ -39,7 +43,10 @@ pub fn generate_by_tag(tag: u8, params: &[u8], ctx: &mut GenContext) -> Result<[
     }
 }
 
-fn generate<K: CorrelationKind>(params: &[u8], ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+fn generate<K: CorrelationKind>(
+    params: &[u8],
+    ctx: &mut GenContext,
+) -> Result<[Vec<u8>; 2], DealerError> {
     let mut r = Reader::new(params);
     let p = K::decode_params(&mut r).map_err(|e| DealerError::malformed(K::NAME, e))?;
     r.finish().map_err(|e| DealerError::malformed(K::NAME, e))?;
@@ -78,7 +85,10 @@ pub fn share_with_seed(secret: &[u64], prg: &mut Prg) -> (Seed, Vec<u64>) {
 pub fn get_ring(r: &mut Reader, n: usize, what: &str) -> Result<Vec<u64>, DealerError> {
     let v = r.ring().map_err(|e| DealerError::malformed(what, e))?;
     if v.len() != n {
-        return Err(DealerError::Malformed(format!("{what}: expected {n} elements, got {}", v.len())));
+        return Err(DealerError::Malformed(format!(
+            "{what}: expected {n} elements, got {}",
+            v.len()
+        )));
     }
     Ok(v)
 }
@@ -87,7 +97,9 @@ pub fn get_ring(r: &mut Reader, n: usize, what: &str) -> Result<Vec<u64>, Dealer
 pub fn check_size(what: &str, n: usize) -> Result<(), DealerError> {
     const MAX: usize = 1 << 28;
     if n == 0 || n > MAX {
-        return Err(DealerError::InvalidParams(format!("{what} = {n} is outside 1..={MAX}")));
+        return Err(DealerError::InvalidParams(format!(
+            "{what} = {n} is outside 1..={MAX}"
+        )));
     }
     Ok(())
 }
