@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -141,7 +142,12 @@ pub fn party(args: PartyArgs) -> anyhow::Result<()> {
             eprintln!("dealer listening on {}", listener.local_addr());
             let mut links = listener.accept_all(&["p0", "p1"])?.into_iter().map(boxed);
             let links = [links.next().expect("p0"), links.next().expect("p1")];
-            dealer_session(dealer, &config, links, &mut Prg::from_entropy())?;
+            dealer_session(
+                Arc::new(Mutex::new(dealer)),
+                &config,
+                links,
+                &mut Prg::from_entropy(),
+            )?;
             eprintln!("dealer: session finished");
         }
         "p0" | "p1" => {

@@ -2,15 +2,14 @@
 //! own threads, every link an in-memory channel (shaped by a [`NetProfile`] if asked).
 
 use crate::error::{EngineError, Result};
-use crate::kv::start_kv_session;
 use crate::model::{share_model, ServerModel};
-use crate::report::{GenerationReport, TimedSource};
-use crate::session::{serve_session, Client, ServerSummary};
+use crate::remote::{client_connect, dealer_session, server_session};
+use crate::report::GenerationReport;
+use crate::session::{Client, ServerSummary};
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{Dealer, InProcessDealer};
 use comet_model::{LlamaConfig, Model, Sampler};
 use comet_net::{memory_pair_shaped, NetProfile};
-use comet_protocols::Party;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -50,53 +49,76 @@ impl LocalDeployment {
     /// Starts a session of up to `capacity` positions: fresh KV cache masks at the dealer,
     /// both servers on their own threads, and the client's end returned.
     ///
-    /// The KV cache masks live under fixed dealer ids, so a deployment runs one session at a
-    /// time: starting a new one replaces the previous session's masks.
+    /// The parties run the same session code and exchange the same messages as separate
+    /// processes (`crate::remote`). The KV cache masks live under fixed dealer ids, so a
+    /// deployment runs one session at a time: starting a new one replaces the previous
+    /// session's masks.
     pub fn session(&mut self, capacity: usize, net: NetProfile) -> Result<LocalSession> {
         check_capacity(&self.config, capacity)?;
-        let seeds = {
-            let prg = &mut self.prg;
-            let config = &self.config;
-            self.dealer
-                .with(|d| start_kv_session(d, config, capacity, prg))
-        };
+        let spawn_err =
+            |e: std::io::Error| EngineError::Session(format!("cannot start a party thread: {e}"));
         let (s0, s1) = memory_pair_shaped(net);
         let (c0, k0) = client_pair(net);
         let (c1, k1) = client_pair(net);
+        let (d0, dd0) = client_pair(NetProfile::none());
+        let (d1, dd1) = client_pair(NetProfile::none());
+        let shared = self.dealer.shared();
+        let config = self.config.clone();
+        let mut dealer_prg = Prg::from_seed(self.prg.next_seed());
+        let dealer = std::thread::Builder::new()
+            .name("comet-dealer".into())
+            .spawn(move || {
+                dealer_session(
+                    shared,
+                    &config,
+                    [Box::new(dd0), Box::new(dd1)],
+                    &mut dealer_prg,
+                )
+            })
+            .map_err(spawn_err)?;
         let mut handles = Vec::with_capacity(2);
-        for (((id, link), client_end), seeds) in [PartyId::P0, PartyId::P1]
+        for (((id, link), client_end), dealer_end) in [PartyId::P0, PartyId::P1]
             .into_iter()
             .zip([s0, s1])
             .zip([k0, k1])
-            .zip(seeds)
+            .zip([d0, d1])
         {
             let model = self.models[id.index()].clone();
-            let source = self.dealer.source(id);
-            let fp = self.fp;
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("comet-{}", crate::session::party_name(id)))
                     .spawn(move || {
-                        let mut client_end = client_end;
-                        let (source, clock) = TimedSource::new(Box::new(source));
-                        let mut party = Party::new(id, Box::new(link), Box::new(source), fp);
-                        serve_session(&mut party, &model, &seeds, &mut client_end, &clock)
+                        server_session(
+                            id,
+                            &model,
+                            Box::new(client_end),
+                            Box::new(link),
+                            Box::new(dealer_end),
+                        )
                     })
-                    .map_err(|e| {
-                        EngineError::Session(format!("cannot start a server thread: {e}"))
-                    })?,
+                    .map_err(spawn_err)?,
             );
         }
-        let client = Client::new(
+        let mut session = LocalSession {
+            client: None,
+            handles,
+            dealer: Some(dealer),
+        };
+        match client_connect(
             [Box::new(c0), Box::new(c1)],
             self.config.vocab_size,
             self.fp,
             capacity,
-        );
-        Ok(LocalSession {
-            client: Some(client),
-            handles,
-        })
+        ) {
+            Ok(client) => {
+                session.client = Some(client);
+                Ok(session)
+            }
+            Err(e) => {
+                let _ = session.abort();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -128,6 +150,7 @@ pub fn check_capacity(config: &LlamaConfig, capacity: usize) -> Result<()> {
 pub struct LocalSession {
     client: Option<Client>,
     handles: Vec<JoinHandle<Result<ServerSummary>>>,
+    dealer: Option<JoinHandle<Result<()>>>,
 }
 
 impl LocalSession {
@@ -141,10 +164,12 @@ impl LocalSession {
         let client = self.client.take().expect("finish runs once");
         let sent = client.finish();
         let results = self.join();
+        let dealer = self.join_dealer();
         sent?;
         let mut it = results.into_iter();
         let a = it.next().expect("two servers")?;
         let b = it.next().expect("two servers")?;
+        dealer?;
         Ok([a, b])
     }
 
@@ -152,7 +177,18 @@ impl LocalSession {
     /// returns their results.
     pub fn abort(mut self) -> Vec<Result<ServerSummary>> {
         self.client.take();
-        self.join()
+        let results = self.join();
+        let _ = self.join_dealer();
+        results
+    }
+
+    fn join_dealer(&mut self) -> Result<()> {
+        match self.dealer.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(EngineError::Session("the dealer thread panicked".into()))),
+            None => Ok(()),
+        }
     }
 
     fn join(&mut self) -> Vec<Result<ServerSummary>> {

@@ -147,7 +147,7 @@ pub fn server_session(
 /// Dealer side of one session: reads the capacity from P0, sends both servers their KV seeds,
 /// then answers both servers' correlation requests until they close their links.
 pub fn dealer_session(
-    mut dealer: Dealer,
+    dealer: Arc<Mutex<Dealer>>,
     config: &LlamaConfig,
     mut links: [Box<dyn Channel>; 2],
     prg: &mut Prg,
@@ -164,15 +164,19 @@ pub fn dealer_session(
         }
         return Err(e);
     }
-    let seeds = start_kv_session(&mut dealer, config, capacity, prg);
+    let seeds = start_kv_session(
+        &mut dealer.lock().unwrap_or_else(|e| e.into_inner()),
+        config,
+        capacity,
+        prg,
+    );
     for (link, s) in links.iter_mut().zip(&seeds) {
         send_status(link.as_mut(), &Ok(s.encode()))?;
     }
-    let shared = Arc::new(Mutex::new(dealer));
     let [mut l0, mut l1] = links;
-    let d1 = shared.clone();
+    let d1 = dealer.clone();
     let handle = std::thread::spawn(move || serve_party(d1, PartyId::P1, l1.as_mut()));
-    let r0 = serve_party(shared, PartyId::P0, l0.as_mut());
+    let r0 = serve_party(dealer, PartyId::P0, l0.as_mut());
     drop(l0);
     let r1 = handle.join().unwrap_or_else(|_| {
         Err(comet_dealer::DealerError::Malformed(

@@ -55,7 +55,7 @@ fn shares_on_disk_and_separate_parties_reproduce_plaintext_greedy() {
     let cfg = config.clone();
     let dealer_thread = std::thread::spawn(move || {
         dealer_session(
-            dealer,
+            std::sync::Arc::new(std::sync::Mutex::new(dealer)),
             &cfg,
             [boxed(dp0), boxed(dp1)],
             &mut Prg::from_seed([5; 16]),

@@ -88,3 +88,33 @@ fn greedy_generation_matches_plaintext() {
     assert_eq!(secure.tokens, plain);
     assert_eq!(secure.report.decode.len(), max_tokens - 1);
 }
+
+#[test]
+fn bad_requests_and_a_vanished_client_end_with_errors_on_every_party() {
+    let (_dir, model) = tiny_model(2);
+    let mut dep = deployment(&model, 4);
+    assert!(
+        dep.session(0, NetProfile::none()).is_err(),
+        "an empty session is refused"
+    );
+    assert!(
+        dep.session(10_000, NetProfile::none()).is_err(),
+        "a session beyond the context is refused"
+    );
+    let mut session = dep.session(4, NetProfile::none()).unwrap();
+    let client = session.client();
+    assert!(client.step(&[], false).is_err(), "no tokens");
+    assert!(
+        client.step(&[1_000_000], false).is_err(),
+        "token outside the vocabulary"
+    );
+    assert!(
+        client.step(&[1, 2, 3, 4, 5], false).is_err(),
+        "longer than the session"
+    );
+    client.step(&[1, 2], false).unwrap();
+    // The client disappears mid-generation: both servers stop with an error, none hangs.
+    let results = session.abort();
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r.is_err()));
+}
