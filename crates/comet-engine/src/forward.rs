@@ -16,59 +16,20 @@ use crate::model::ServerModel;
 use crate::nl;
 use comet_core::{matmul, ring, FixedPoint};
 use comet_dealer::kinds::attention::{AttnParams, AttnScoreMask, AttnValueMask};
-use comet_dealer::kinds::matmul::{MatmulMask, MatmulParams};
+use comet_dealer::kinds::matmul::MatmulMask;
 use comet_dealer::FixedWeight;
 use comet_model::LlamaConfig;
 use comet_protocols::{arith, trunc, Party};
 
-/// Shares of `X·W` after the opening `E = X − A`: `[E·F] + E·B_i + A_i·F + C_i`, the bracket
-/// added by P0 only. Accumulates straight into the output (no temporary `F + B_i`).
-pub fn product_after_opening(
-    is_p0: bool,
-    e: &[u64],
-    a: &[u64],
-    c: &[u64],
-    w: &FixedWeight,
-    m: usize,
-) -> Vec<u64> {
-    let mut y = c.to_vec();
-    if is_p0 {
-        matmul::matmul_acc(e, &w.masked, m, w.k, w.n, &mut y);
-    }
-    matmul::matmul_acc(e, &w.mask_share, m, w.k, w.n, &mut y);
-    matmul::matmul_acc(a, &w.masked, m, w.k, w.n, &mut y);
-    y
-}
-
 /// Shares of `X·W_j` for every weight `W_j` consuming the same input `X` (`m × k`): one
-/// opening of `X − A` (the same message as `comet_protocols::arith::matmul_fixed`), then the
-/// local products of [`product_after_opening`].
+/// opening of `X − A`, then local products (`comet_protocols::arith::matmul_fixed`).
 pub fn fixed_matmul(
     p: &mut Party,
     x: &[u64],
     m: usize,
     weights: &[&FixedWeight],
 ) -> Result<Vec<Vec<u64>>> {
-    let k = weights.first().map_or(0, |w| w.k);
-    if k == 0 || x.len() != m * k || weights.iter().any(|w| w.k != k) {
-        return Err(EngineError::InvalidRequest(format!(
-            "product of {} values with weights of {k} rows",
-            x.len()
-        )));
-    }
-    let params = MatmulParams {
-        m,
-        k,
-        weights: weights.iter().map(|w| (w.id, w.n)).collect(),
-    };
-    let mask: MatmulMask = p.correlation(&params)?;
-    let e = arith::open(p, &ring::sub(x, &mask.a))?;
-    let is_p0 = p.is_p0();
-    Ok(weights
-        .iter()
-        .zip(&mask.c)
-        .map(|(w, c)| product_after_opening(is_p0, &e, &mask.a, c, w, m))
-        .collect())
+    Ok(arith::matmul_fixed(p, x, m, weights)?)
 }
 
 /// The token embedding of `m` tokens from the client's opened one-hots `E = X − A`
@@ -89,7 +50,7 @@ pub fn embed(
             w.k
         )));
     }
-    Ok(product_after_opening(
+    Ok(arith::product_after_opening(
         p.is_p0(),
         e,
         &mask.a,

@@ -112,19 +112,28 @@ pub fn matmul_fixed(
     Ok(weights
         .iter()
         .zip(&mask.c)
-        .map(|(w, c)| {
-            // Y_i = [E·F] + E·B_i + A_i·F + C_i, the bracket added by P0 only.
-            let mut y = c.clone();
-            let e_side = if is_p0 {
-                ring::add(&w.masked, &w.mask_share)
-            } else {
-                w.mask_share.clone()
-            };
-            ring::add_assign(&mut y, &matmul::matmul(&e, &e_side, m, k, w.n));
-            ring::add_assign(&mut y, &matmul::matmul(&mask.a, &w.masked, m, k, w.n));
-            y
-        })
+        .map(|(w, c)| product_after_opening(is_p0, &e, &mask.a, c, w, m))
         .collect())
+}
+
+/// This server's share of `X·W` once `E = X − A` is open: `[E·F] + E·B_i + A_i·F + C_i`, the
+/// bracket added by P0 only; accumulates straight into the output (no temporary `F + B_i`).
+/// Also used where `E` arrives by other means (the client's masked one-hot embedding).
+pub fn product_after_opening(
+    is_p0: bool,
+    e: &[u64],
+    a: &[u64],
+    c: &[u64],
+    w: &FixedWeight,
+    m: usize,
+) -> Vec<u64> {
+    let mut y = c.to_vec();
+    if is_p0 {
+        matmul::matmul_acc(e, &w.masked, m, w.k, w.n, &mut y);
+    }
+    matmul::matmul_acc(e, &w.mask_share, m, w.k, w.n, &mut y);
+    matmul::matmul_acc(a, &w.masked, m, w.k, w.n, &mut y);
+    y
 }
 
 #[cfg(test)]
