@@ -63,7 +63,12 @@ pub fn causal_softmax(
     Ok(nonlinear::softmax_rows(p, &x, rows, t, None)?)
 }
 
+/// Signed width of the FFN gate values entering SiLU: |x| < 2^(24−2) ring units, i.e. |x| < 1024
+/// at f = 12, twenty times SmolLM2's measured maximum (≈ 49, DESIGN.md §3); a narrower width
+/// shrinks the comparison keys (~23% of SiLU's dealer material).
+pub const SILU_INPUT_BITS: u32 = 24;
+
 /// Shares of SiLU(x) (scale f), from the protocol layer's table (|x| < 16, ReLU beyond).
 pub fn silu(p: &mut Party, x: &[u64]) -> Result<Vec<u64>> {
-    Ok(nonlinear::silu(p, x)?)
+    Ok(nonlinear::silu_with_bits(p, x, SILU_INPUT_BITS)?)
 }
