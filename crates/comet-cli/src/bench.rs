@@ -9,14 +9,11 @@
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use comet_core::{FixedPoint, PartyId, Prg};
-use comet_dealer::{
-    CorrelationSource, Dealer, DealerError, FixedWeight, InProcessDealer, LocalSource,
-};
-use comet_net::{memory_pair_shaped, CostMeter, NetProfile};
+use comet_dealer::{Dealer, FixedWeight, InProcessDealer};
+use comet_engine::report::TimedSource;
+use comet_net::{memory_pair_shaped, NetProfile};
 use comet_protocols::{arith, compare, lut, nonlinear, shuffle, trunc, Party, ProtocolError};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Arguments of `comet bench`.
@@ -68,26 +65,6 @@ struct OpResult {
     max_abs_err: f64,
 }
 
-/// A correlation source that also measures the time spent obtaining correlations, so the
-/// in-process dealer's generation time is kept out of the online time.
-struct TimedSource {
-    inner: LocalSource,
-    spent_nanos: Arc<AtomicU64>,
-}
-
-impl CorrelationSource for TimedSource {
-    fn fetch_raw(&mut self, request: &[u8]) -> Result<Vec<u8>, DealerError> {
-        let start = Instant::now();
-        let out = self.inner.fetch_raw(request);
-        self.spent_nanos
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        out
-    }
-    fn meter(&self) -> &CostMeter {
-        self.inner.meter()
-    }
-}
-
 type Protocol = dyn Fn(&mut Party, &[Vec<u64>]) -> Result<Vec<u64>, ProtocolError> + Sync;
 
 /// One benchmark case: secret inputs, the protocol, and the f64 reference.
@@ -123,12 +100,10 @@ fn execute(case: &Case, profile: NetProfile, prg: &mut Prg) -> anyhow::Result<Me
         shares[1].push(s1);
     }
     let (c0, c1) = memory_pair_shaped(profile);
-    let spent = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
-    let make = |id: PartyId, chan| {
-        let source = TimedSource {
-            inner: case.dealer.source(id),
-            spent_nanos: spent[id.index()].clone(),
-        };
+    let mut clocks = Vec::new();
+    let mut make = |id: PartyId, chan| {
+        let (source, clock) = TimedSource::new(Box::new(case.dealer.source(id)));
+        clocks.push(clock);
         Party::new(id, Box::new(chan), Box::new(source), fp)
     };
     let parties = [make(PartyId::P0, c0), make(PartyId::P1, c1)];
@@ -156,7 +131,7 @@ fn execute(case: &Case, profile: NetProfile, prg: &mut Prg) -> anyhow::Result<Me
         rounds = rounds.max(costs.rounds);
         offline_bytes += party.offline_meter().total().bytes_received;
         // The dealer's generation time is offline work; online time excludes it.
-        let dealer_time = Duration::from_nanos(spent[i].load(Ordering::Relaxed));
+        let dealer_time = Duration::from_secs_f64(clocks[i].millis() / 1e3);
         online = online.max(wall.saturating_sub(dealer_time));
     }
     let outputs = comet_core::share::reconstruct(&outs[0], &outs[1]);
@@ -170,16 +145,11 @@ fn execute(case: &Case, profile: NetProfile, prg: &mut Prg) -> anyhow::Result<Me
 }
 
 fn encode(values: &[f64], frac: u32) -> Vec<u64> {
-    let scale = (frac as f64).exp2();
-    values
-        .iter()
-        .map(|v| ((v * scale).round() as i64) as u64)
-        .collect()
+    FixedPoint::new(frac).encode_vec(values)
 }
 
 fn decode(values: &[u64], frac: u32) -> Vec<f64> {
-    let scale = (frac as f64).exp2();
-    values.iter().map(|v| (*v as i64) as f64 / scale).collect()
+    FixedPoint::new(frac).decode_vec(values)
 }
 
 /// The inputs as the protocol sees them: rounded to `frac` fractional bits.
@@ -216,10 +186,6 @@ fn case(
         protocol,
         dealer: fresh_dealer(),
     }
-}
-
-fn silu(x: f64) -> f64 {
-    x / (1.0 + (-x).exp())
 }
 
 /// Softmax of each row over its visible columns (`j ≤ offset + i` when causal).
@@ -435,7 +401,7 @@ fn cases(prg: &mut Prg) -> Vec<Case> {
         vec![gate.clone()],
         F,
         F,
-        qg.iter().map(|a| silu(*a)).collect(),
+        qg.iter().map(|a| nonlinear::silu_f64(*a)).collect(),
         Box::new(|p, s| nonlinear::silu(p, &s[0])),
     ));
     v.push(case(
