@@ -15,6 +15,7 @@ pub mod generate;
 pub mod gguf;
 pub mod linalg;
 pub mod sampling;
+pub mod sparsity;
 pub mod testing;
 pub mod tokenizer;
 pub mod weights;
@@ -27,6 +28,7 @@ pub use forward::{FfnActivations, ForwardOptions, KvCache, LogitsMode, Model, Ro
 pub use generate::{generate, GenerationStats};
 pub use gguf::GgufFile;
 pub use sampling::{Sampler, SamplingParams};
+pub use sparsity::{SelfGate, SparsitySpec};
 pub use tokenizer::{TextStreamer, Tokenizer};
 pub use weights::{LayerWeights, LlamaWeights, Matrix};
 
