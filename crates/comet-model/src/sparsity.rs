@@ -17,8 +17,8 @@ use std::path::Path;
 /// Version of the self-gate file format written by `comet calibrate`.
 pub const SELF_GATE_VERSION: u32 = 1;
 
-/// Largest code width: a row of the decision table (2^bits bits) fits in a `u128`.
-pub const MAX_GATE_BITS: u32 = 7;
+/// Largest code width (the decision table has 2^(2·bits) entries).
+pub const MAX_GATE_BITS: u32 = 8;
 
 /// Smallest code width.
 pub const MIN_GATE_BITS: u32 = 2;
@@ -269,16 +269,25 @@ impl SelfGate {
         )
     }
 
-    /// Layer `l`'s decision table: row `g̃` (unsigned code), bit `ũ` set when kept.
-    pub fn table(&self, l: usize) -> Vec<u128> {
+    /// Words of 64 bits per row of [`SelfGate::table`].
+    pub fn table_row_words(&self) -> usize {
+        ((1usize << self.bits) / 64).max(1)
+    }
+
+    /// Layer `l`'s decision table: row `g̃` (unsigned code) is [`SelfGate::table_row_words`]
+    /// words; bit `ũ` of the row (word `ũ / 64`, bit `ũ mod 64`) is set when kept.
+    pub fn table(&self, l: usize) -> Vec<u64> {
         let size = 1u32 << self.bits;
-        (0..size)
-            .map(|g| {
-                (0..size)
-                    .filter(|&u| self.keep_codes(l, g, u))
-                    .fold(0u128, |row, u| row | (1u128 << u))
-            })
-            .collect()
+        let words = self.table_row_words();
+        let mut out = vec![0u64; size as usize * words];
+        for g in 0..size {
+            for u in 0..size {
+                if self.keep_codes(l, g, u) {
+                    out[g as usize * words + u as usize / 64] |= 1 << (u % 64);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -328,6 +337,7 @@ mod tests {
         }
         assert!(Quantizer::covering(0.0, 6, f).is_err());
         assert!(Quantizer::covering(1.0, 9, f).is_err());
+        assert!(Quantizer::covering(1.0, 1, f).is_err());
     }
 
     #[test]
@@ -352,6 +362,7 @@ mod tests {
         for g in 0..32 {
             for u in 0..32 {
                 assert_eq!(table[g as usize] >> u & 1 == 1, gate.keep_codes(0, g, u));
+                assert_eq!(gate.table_row_words(), 1);
             }
         }
         assert!(gate.keep(0, 6.0, 3.0));
