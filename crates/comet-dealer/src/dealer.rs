@@ -1,6 +1,7 @@
 //! The dealer's state machine and the in-process correlation source.
 
 use crate::kinds::generate_by_tag;
+use crate::kinds::sparse::{FfnStore, PlainFfn};
 use crate::weights::{mask_weight, FixedWeight, WeightId, WeightMask};
 use crate::{encode_request, CorrelationKind, DealerError, GenContext};
 use comet_core::{PartyId, Prg};
@@ -51,6 +52,7 @@ pub struct Dealer {
     weights: HashMap<WeightId, WeightMask>,
     queued: [VecDeque<(Vec<u8>, Vec<u8>)>; 2],
     next_weight: u32,
+    ffn: FfnStore,
 }
 
 impl std::fmt::Debug for Dealer {
@@ -74,6 +76,7 @@ impl Dealer {
             weights: HashMap::new(),
             queued: [VecDeque::new(), VecDeque::new()],
             next_weight: 0,
+            ffn: FfnStore::default(),
         }
     }
 
@@ -91,6 +94,22 @@ impl Dealer {
     pub fn insert_weight_mask(&mut self, id: WeightId, mask: WeightMask) {
         self.next_weight = self.next_weight.max(id.0 + 1);
         self.weights.insert(id, mask);
+    }
+
+    /// Keeps layer `layer`'s plaintext FFN so that sparse sessions can get it permuted.
+    pub fn insert_plain_ffn(&mut self, layer: u32, ffn: PlainFfn) {
+        self.ffn.insert(layer, ffn);
+    }
+
+    /// The secret neuron permutation of layer `layer` in the current session (tests map the
+    /// servers' opened positions back to neurons with it).
+    pub fn ffn_permutation(&self, layer: u32) -> Option<&[usize]> {
+        self.ffn.permutation(layer)
+    }
+
+    /// Whether a weight mask is registered under `id`.
+    pub fn has_weight(&self, id: WeightId) -> bool {
+        self.weights.contains_key(&id)
     }
 
     /// Answers one request of `party`: returns its half, generating the pair if needed.
@@ -112,8 +131,14 @@ impl Dealer {
         let mut ctx = GenContext {
             prg: &mut self.prg,
             weights: &self.weights,
+            ffn: &mut self.ffn,
         };
-        let [h0, h1] = generate_by_tag(tag, params, &mut ctx)?;
+        let generated = generate_by_tag(tag, params, &mut ctx);
+        for id in self.ffn.retired.drain(..) {
+            self.weights.remove(&id);
+        }
+        self.weights.extend(self.ffn.pending.drain(..));
+        let [h0, h1] = generated?;
         let (mine, other) = if me == 0 { (h0, h1) } else { (h1, h0) };
         self.queued[1 - me].push_back((request.to_vec(), other));
         Ok(mine)

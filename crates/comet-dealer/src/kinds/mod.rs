@@ -1,8 +1,9 @@
 //! The kinds of correlated randomness, one module each, and the tag registry.
 //!
 //! Tag ranges: 1–9 arithmetic (products), 10–29 truncation and shuffles, 30–59 FSS gates,
-//! 60–89 nonlinear functions. Add a kind by implementing [`crate::CorrelationKind`] in a new
-//! module and adding one line to [`generate_by_tag`].
+//! 60–89 nonlinear functions, 90–99 model-specific masks and weights. Add a kind by
+//! implementing [`crate::CorrelationKind`] in a new module and adding one line to
+//! [`generate_by_tag`].
 
 pub mod attention;
 pub mod beaver;
@@ -11,6 +12,7 @@ pub mod lut;
 pub mod matmul;
 pub mod nonlinear;
 pub mod shuffle;
+pub mod sparse;
 pub mod trunc;
 
 use crate::{CorrelationKind, DealerError, GenContext};
@@ -39,6 +41,8 @@ pub fn generate_by_tag(
         attention::AttnScoreMask::TAG => generate::<attention::AttnScoreMask>(params, ctx),
         attention::AttnValueMask::TAG => generate::<attention::AttnValueMask>(params, ctx),
         attention::ClientInputMask::TAG => generate::<attention::ClientInputMask>(params, ctx),
+        sparse::SelfGateKeys::TAG => generate::<sparse::SelfGateKeys>(params, ctx),
+        sparse::PermutedFfn::TAG => generate::<sparse::PermutedFfn>(params, ctx),
         other => Err(DealerError::UnknownKind(other)),
     }
 }
