@@ -9,6 +9,7 @@
 //!   weight masks.
 //! * [`compare`]: DReLU, sign, comparison, select, ReLU and row maxima from FSS gates.
 //! * [`lut`]: secret-index lookup tables (1-bit DPF, SIGMA style).
+//! * [`sparse`]: the self-gate of the sparse FFN (which neurons to compute).
 //! * [`testing`]: runs both servers in one process for tests and benchmarks.
 
 pub mod arith;
@@ -18,6 +19,7 @@ pub mod lut;
 pub mod nonlinear;
 pub mod party;
 pub mod shuffle;
+pub mod sparse;
 pub mod testing;
 pub mod trunc;
 
