@@ -18,6 +18,7 @@ use comet_core::{FixedPoint, PartyId, Prg};
 use comet_engine::local::capacity_for;
 use comet_engine::remote::{client_connect, dealer_session, server_session};
 use comet_engine::shares::{file_sha256, load_dealer, load_server_model, write_shares};
+use comet_engine::sparse::FfnMode;
 use comet_model::{GgufFile, LlamaConfig, Sampler};
 use comet_net::{connect, Channel, Listener, NetProfile, TcpOptions, TlsIdentity};
 
@@ -168,8 +169,15 @@ pub fn party(args: PartyArgs) -> anyhow::Result<()> {
                 let other = got.next().expect("p0");
                 (got.next().expect("client"), other)
             };
-            let summary = server_session(id, &model, boxed(client), boxed(other), boxed(dealer))
-                .with_context(|| format!("{} failed", args.role))?;
+            let summary = server_session(
+                id,
+                &model,
+                &FfnMode::Dense,
+                boxed(client),
+                boxed(other),
+                boxed(dealer),
+            )
+            .with_context(|| format!("{} failed", args.role))?;
             eprintln!(
                 "{}: session finished after {} steps",
                 args.role, summary.steps

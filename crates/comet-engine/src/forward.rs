@@ -18,6 +18,7 @@ use crate::error::{EngineError, Result};
 use crate::kv::{kv_mask_id, LayerKv, SecureKvCache};
 use crate::model::ServerModel;
 use crate::nl;
+use crate::sparse::{self, FfnSession};
 use comet_core::{matmul, ring, FixedPoint};
 use comet_dealer::kinds::attention::{AttnParams, AttnScoreMask, AttnValueMask};
 use comet_dealer::kinds::matmul::MatmulMask;
@@ -65,12 +66,13 @@ pub fn embed(
 }
 
 /// Runs `m` new positions (shares of their embeddings `x`, `m × d` at scale `f`) through all
-/// blocks, appending their keys and values to `cache`, and returns shares of the logits of
+/// blocks (FFNs dense or sparse as `ffn` says), appending their keys and values to `cache`, and returns shares of the logits of
 /// the last `logits_rows` positions (`logits_rows × vocab`, scale `2f`).
 pub fn forward(
     p: &mut Party,
     model: &ServerModel,
     cache: &mut SecureKvCache,
+    ffn: &mut FfnSession,
     mut x: Vec<u64>,
     m: usize,
     logits_rows: usize,
@@ -87,7 +89,7 @@ pub fn forward(
     let rope = Rope::new(c, model.fp, start, m);
     for (l, layer_kv) in cache.layers.iter_mut().enumerate() {
         let _layer = p.scope(&format!("layer.{l}"));
-        block(p, model, l, layer_kv, &rope, start, &mut x, m)?;
+        block(p, model, l, layer_kv, ffn, &rope, start, &mut x, m)?;
     }
     cache.len = start + m;
     let d = c.d_model;
@@ -107,6 +109,7 @@ fn block(
     model: &ServerModel,
     l: usize,
     kv: &mut LayerKv,
+    ffn: &mut FfnSession,
     rope: &Rope,
     start: usize,
     x: &mut [u64],
@@ -181,26 +184,79 @@ fn block(
         let _s = p.scope("ffn.norm");
         nl::rms_normalize(p, x, m, d, c.norm_eps)?
     };
-    let gate_up = {
+    let down = feed_forward(p, model, l, ffn, &normed, m)?;
+    ring::add_assign(x, &down);
+    Ok(())
+}
+
+/// The SwiGLU block on the normalised input: gate/up in one opening; in sparse mode the
+/// self-gate's opened bits select the neurons whose truncation, SiLU and product run; down
+/// over the full hidden vector (zeros at skipped neurons, DESIGN.md §7.2), truncated by `2f`.
+fn feed_forward(
+    p: &mut Party,
+    model: &ServerModel,
+    l: usize,
+    ffn: &mut FfnSession,
+    normed: &[u64],
+    m: usize,
+) -> Result<Vec<u64>> {
+    let f = model.fp.frac_bits;
+    let w = &model.layers[l];
+    let width = m * model.config.ffn_dim;
+    let (gate_w, up_w, down_w, sparse_gate) = match ffn {
+        FfnSession::Dense => (&w.w_gate, &w.w_up, &w.w_down, None),
+        FfnSession::Sparse {
+            gate,
+            weights,
+            last_masks,
+        } => (
+            &weights[l].gate,
+            &weights[l].up,
+            &weights[l].down,
+            Some((&gate.tables[l], &mut last_masks[l])),
+        ),
+    };
+    let gu = {
         let _s = p.scope("ffn.gate_up");
-        let gu = fixed_matmul(p, &normed, m, &[&w.w_gate, &w.w_up])?;
-        trunc::truncate_many_faithful(p, &[(&gu[0], f), (&gu[1], f)])?
+        fixed_matmul(p, normed, m, &[gate_w, up_w])?
     };
-    let activated = {
-        let _s = p.scope("ffn.silu");
-        nl::silu(p, &gate_up[0])?
+    let active: Option<Vec<usize>> = match sparse_gate {
+        None => None,
+        Some((table, mask)) => {
+            let bits = {
+                let _s = p.scope("ffn.gate");
+                comet_protocols::sparse::self_gate(p, &gu[0], &gu[1], table)?
+            };
+            let idx = (0..width).filter(|&i| bits[i]).collect();
+            *mask = bits;
+            Some(idx)
+        }
     };
-    let hidden = {
+    let (gate, up) = match &active {
+        None => (gu[0].clone(), gu[1].clone()),
+        Some(idx) => (sparse::gather(&gu[0], idx), sparse::gather(&gu[1], idx)),
+    };
+    let product = if gate.is_empty() {
+        Vec::new()
+    } else {
+        let gate_up = {
+            let _s = p.scope("ffn.gate_up");
+            trunc::truncate_many_faithful(p, &[(&gate, f), (&up, f)])?
+        };
+        let activated = {
+            let _s = p.scope("ffn.silu");
+            nl::silu(p, &gate_up[0])?
+        };
         let _s = p.scope("ffn.mul");
         arith::mul(p, &activated, &gate_up[1])?
     };
-    let down = {
-        let _s = p.scope("ffn.down");
-        let o = fixed_matmul(p, &hidden, m, &[&w.w_down])?;
-        trunc::truncate_faithful(p, &o[0], 2 * f)?
+    let hidden = match &active {
+        None => product,
+        Some(idx) => sparse::scatter(width, idx, &product),
     };
-    ring::add_assign(x, &down);
-    Ok(())
+    let _s = p.scope("ffn.down");
+    let o = fixed_matmul(p, &hidden, m, &[down_w])?;
+    Ok(trunc::truncate_faithful(p, &o[0], 2 * f)?)
 }
 
 /// Columns `h·hd .. (h+1)·hd` of a `rows × width` matrix.

@@ -1,4 +1,5 @@
-//! comet-engine: secure generation with a llama-family model (DESIGN.md §4–§8), dense path.
+//! comet-engine: secure generation with a llama-family model (DESIGN.md §4–§8), dense and
+//! with a sparse FFN.
 //!
 //! * [`model`]: sharing a model once — fixed-point weights masked by the dealer as
 //!   `F = W − B`, each server holding `F` and its share of `B`.
@@ -11,6 +12,7 @@
 //! * [`shares`]: model shares on disk (`comet share-model`), checked against the model hash.
 //! * [`remote`]: session start-up between separate processes (client, servers, dealer).
 //! * [`report`]: per-step cost records and the cost report.
+//! * [`sparse`]: the self-gated sparse FFN on per-session permuted weights (DESIGN.md §7).
 
 pub mod error;
 pub mod forward;
@@ -22,6 +24,7 @@ pub mod remote;
 pub mod report;
 pub mod session;
 pub mod shares;
+pub mod sparse;
 
 pub use error::{EngineError, Result};
 pub use local::{generate, Generation, LocalDeployment, LocalSession};

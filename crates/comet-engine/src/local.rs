@@ -6,6 +6,7 @@ use crate::model::{share_model, ServerModel};
 use crate::remote::{client_connect, dealer_session, server_session};
 use crate::report::GenerationReport;
 use crate::session::{Client, ServerSummary};
+use crate::sparse::FfnMode;
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{Dealer, InProcessDealer};
 use comet_model::{LlamaConfig, Model, Sampler};
@@ -54,6 +55,39 @@ impl LocalDeployment {
     /// deployment runs one session at a time: starting a new one replaces the previous
     /// session's masks.
     pub fn session(&mut self, capacity: usize, net: NetProfile) -> Result<LocalSession> {
+        self.session_with(capacity, net, FfnMode::Dense)
+    }
+
+    /// Gives the dealer the model's plaintext FFN weights, which sparse sessions need (the
+    /// dealer re-permutes and re-masks them per session, DESIGN.md §7.5).
+    pub fn enable_sparse(&mut self, model: &Model) -> Result<()> {
+        let c = model.config();
+        if c != &self.config {
+            return Err(EngineError::ShareMismatch(
+                "enable_sparse got a model other than the shared one".into(),
+            ));
+        }
+        for l in 0..c.n_layers {
+            let plain = crate::model::plain_ffn(model, self.fp, l);
+            self.dealer.with(|d| d.insert_plain_ffn(l as u32, plain));
+        }
+        Ok(())
+    }
+
+    /// The secret neuron order of layer `layer` in the current sparse session, as only the
+    /// dealer knows it (tests map the servers' opened bits back to neurons with it).
+    pub fn ffn_permutation(&self, layer: usize) -> Option<Vec<usize>> {
+        self.dealer
+            .with(|d| d.ffn_permutation(layer as u32).map(<[usize]>::to_vec))
+    }
+
+    /// [`LocalDeployment::session`] with the FFN run as `mode` says.
+    pub fn session_with(
+        &mut self,
+        capacity: usize,
+        net: NetProfile,
+        mode: FfnMode,
+    ) -> Result<LocalSession> {
         check_capacity(&self.config, capacity)?;
         let spawn_err =
             |e: std::io::Error| EngineError::Session(format!("cannot start a party thread: {e}"));
@@ -84,6 +118,7 @@ impl LocalDeployment {
             .zip([d0, d1])
         {
             let model = self.models[id.index()].clone();
+            let mode = mode.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("comet-{}", crate::session::party_name(id)))
@@ -91,6 +126,7 @@ impl LocalDeployment {
                         server_session(
                             id,
                             &model,
+                            &mode,
                             Box::new(client_end),
                             Box::new(link),
                             Box::new(dealer_end),

@@ -9,6 +9,7 @@
 
 use crate::error::{EngineError, Result};
 use comet_core::{FixedPoint, PartyId};
+use comet_dealer::kinds::sparse::PlainFfn;
 use comet_dealer::{Dealer, FixedWeight};
 use comet_model::{LlamaConfig, Matrix, Model};
 use rayon::prelude::*;
@@ -131,6 +132,20 @@ pub fn fixed_point_weight(model: &Model, fp: FixedPoint, index: usize) -> (Vec<u
         4 => (input_major(&layer.w_gate, fnorm, fp), c.d_model, c.ffn_dim),
         5 => (input_major(&layer.w_up, fnorm, fp), c.d_model, c.ffn_dim),
         _ => (input_major(&layer.w_down, None, fp), c.ffn_dim, c.d_model),
+    }
+}
+
+/// Layer `layer`'s plaintext fixed-point FFN (gain folded into gate and up), as the dealer
+/// keeps it for per-session permutation.
+pub fn plain_ffn(model: &Model, fp: FixedPoint, layer: usize) -> PlainFfn {
+    let c = model.config();
+    let base = 1 + 7 * layer;
+    PlainFfn {
+        d: c.d_model,
+        ffn: c.ffn_dim,
+        gate: fixed_point_weight(model, fp, base + 4).0,
+        up: fixed_point_weight(model, fp, base + 5).0,
+        down: fixed_point_weight(model, fp, base + 6).0,
     }
 }
 

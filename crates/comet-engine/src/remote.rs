@@ -12,6 +12,7 @@ use crate::kv::{start_kv_session, KvSessionSeeds};
 use crate::model::ServerModel;
 use crate::report::TimedSource;
 use crate::session::{serve_session, Client, ServerSummary};
+use crate::sparse::FfnMode;
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{serve_party, Dealer, RemoteSource};
 use comet_model::LlamaConfig;
@@ -98,6 +99,7 @@ pub fn client_connect(
 pub fn server_session(
     id: PartyId,
     model: &ServerModel,
+    mode: &FfnMode,
     mut client: Box<dyn Channel>,
     peer: Box<dyn Channel>,
     mut dealer: Box<dyn Channel>,
@@ -141,7 +143,7 @@ pub fn server_session(
     send_status(client.as_mut(), &Ok(Vec::new()))?;
     let (source, clock) = TimedSource::new(Box::new(RemoteSource::new(dealer)));
     let mut party = Party::new(id, peer, Box::new(source), model.fp);
-    serve_session(&mut party, model, &seeds, client.as_mut(), &clock)
+    serve_session(&mut party, model, &seeds, mode, client.as_mut(), &clock)
 }
 
 /// Dealer side of one session: reads the capacity from P0, sends both servers their KV seeds,

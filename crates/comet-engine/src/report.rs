@@ -113,6 +113,12 @@ pub struct PartyCosts {
     pub offline: CostRecord,
     /// Per label: `[online, offline]`.
     pub labels: BTreeMap<String, [CostRecord; 2]>,
+    /// Sparse FFN: active (token, neuron) pairs per layer in this step (empty when dense).
+    #[serde(default)]
+    pub ffn_active: Vec<u64>,
+    /// Offline bytes of the session's set-up (the permuted FFN weights), on the first step.
+    #[serde(default)]
+    pub setup_offline_bytes: u64,
 }
 
 impl PartyCosts {
@@ -131,6 +137,7 @@ impl PartyCosts {
             online: p.online_meter().total().into(),
             offline: p.offline_meter().total().into(),
             labels,
+            ..Default::default()
         }
     }
 
@@ -151,6 +158,7 @@ impl PartyCosts {
             online: self.online.minus(&earlier.online),
             offline: self.offline.minus(&earlier.offline),
             labels,
+            ..Default::default()
         }
     }
 }
@@ -173,6 +181,12 @@ pub struct StepCosts {
     pub rounds: u64,
     /// Bytes on the client's links (both directions, both servers).
     pub client_bytes: u64,
+    /// Sparse FFN: active (token, neuron) pairs per layer (empty when dense).
+    #[serde(default)]
+    pub ffn_active: Vec<u64>,
+    /// Offline bytes of the session set-up delivered with this step (both servers).
+    #[serde(default)]
+    pub setup_offline_bytes: u64,
     /// Each server's record (P0, P1).
     pub servers: Vec<PartyCosts>,
 }
@@ -200,6 +214,10 @@ impl StepCosts {
                 .iter()
                 .map(|c| c.bytes_sent + c.bytes_received)
                 .sum(),
+            ffn_active: servers
+                .first()
+                .map_or_else(Vec::new, |s| s.ffn_active.clone()),
+            setup_offline_bytes: servers.iter().map(|s| s.setup_offline_bytes).sum(),
             servers,
         }
     }

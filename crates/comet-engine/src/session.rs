@@ -13,6 +13,7 @@ use crate::forward;
 use crate::kv::{KvSessionSeeds, SecureKvCache};
 use crate::model::ServerModel;
 use crate::report::{DealerClock, PartyCosts, StepCosts};
+use crate::sparse::{FfnMode, FfnSession};
 use comet_core::{FixedPoint, PartyId, Seed};
 use comet_dealer::kinds::attention::ClientInputMask;
 use comet_dealer::kinds::expand;
@@ -34,6 +35,9 @@ pub struct ServerSummary {
     pub steps: usize,
     /// Positions in the KV cache at the end.
     pub positions: usize,
+    /// Sparse FFN only: per step, per layer, the opened self-gate bits (`tokens × ffn_dim`,
+    /// in the session's secret neuron order) — what this server learned.
+    pub ffn_masks: Vec<Vec<Vec<bool>>>,
 }
 
 /// Serves one client session on one server until the client sends `END` (or fails).
@@ -41,6 +45,7 @@ pub fn serve_session(
     p: &mut Party,
     model: &ServerModel,
     seeds: &KvSessionSeeds,
+    mode: &FfnMode,
     client: &mut dyn Channel,
     clock: &DealerClock,
 ) -> Result<ServerSummary> {
@@ -51,6 +56,7 @@ pub fn serve_session(
         )));
     }
     let mut cache = SecureKvCache::new(&model.config, seeds)?;
+    let mut ffn: Option<FfnSession> = None;
     let mut summary = ServerSummary::default();
     loop {
         let msg = match client.recv() {
@@ -67,8 +73,21 @@ pub fn serve_session(
             summary.positions = cache.len;
             return Ok(summary);
         };
-        match serve_step(p, model, &mut cache, client, m, all_logits, clock) {
-            Ok(()) => summary.steps += 1,
+        let step = StepContext {
+            m,
+            all_logits,
+            mode,
+            clock,
+        };
+        match serve_step(p, model, &mut cache, &mut ffn, client, &step) {
+            Ok(()) => {
+                summary.steps += 1;
+                if let Some(ffn) = &ffn {
+                    if !ffn.last_masks().is_empty() {
+                        summary.ffn_masks.push(ffn.last_masks().to_vec());
+                    }
+                }
+            }
             Err(e) => {
                 // Tell the client why, if the link still works; the original error wins.
                 let _ = reply_error(client, &e.to_string());
@@ -103,19 +122,45 @@ fn reply_error(chan: &mut dyn Channel, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The public parameters of one step.
+struct StepContext<'a> {
+    m: usize,
+    all_logits: bool,
+    mode: &'a FfnMode,
+    clock: &'a DealerClock,
+}
+
 fn serve_step(
     p: &mut Party,
     model: &ServerModel,
     cache: &mut SecureKvCache,
+    ffn: &mut Option<FfnSession>,
     client: &mut dyn Channel,
-    m: usize,
-    all_logits: bool,
-    clock: &DealerClock,
+    step: &StepContext,
 ) -> Result<()> {
+    let StepContext {
+        m,
+        all_logits,
+        mode,
+        clock,
+    } = *step;
     if m == 0 {
         return Err(EngineError::InvalidRequest("a step with no tokens".into()));
     }
     cache.check_room(m)?;
+    // The first step sets up the session's FFN (for the sparse FFN: the permuted weights);
+    // its offline bytes are reported apart from the step's own.
+    let mut setup_offline_bytes = 0;
+    let ffn = match ffn {
+        Some(f) => f,
+        None => {
+            let before = p.offline_meter().total();
+            let started = FfnSession::start(p, mode, &model.config)?;
+            let spent = p.offline_meter().total().since(&before);
+            setup_offline_bytes = spent.bytes_sent + spent.bytes_received;
+            ffn.insert(started)
+        }
+    };
     let before = PartyCosts::snapshot(p, clock);
     let started = Instant::now();
     let vocab = model.config.vocab_size;
@@ -136,8 +181,10 @@ fn serve_step(
         .map_err(|err| EngineError::Session(format!("masked one-hots: {err}")))?;
     let x = forward::embed(p, model, &e, &mask.mask, m)?;
     let rows = if all_logits { m } else { 1 };
-    let logits = forward::forward(p, model, cache, x, m, rows)?;
-    let costs = PartyCosts::snapshot(p, clock).since(&before, started.elapsed());
+    let logits = forward::forward(p, model, cache, ffn, x, m, rows)?;
+    let mut costs = PartyCosts::snapshot(p, clock).since(&before, started.elapsed());
+    costs.ffn_active = ffn.last_active_counts();
+    costs.setup_offline_bytes = setup_offline_bytes;
     let mut w = Writer::new();
     w.u8(REPLY_OK)
         .ring(&logits, 64)

@@ -5,6 +5,7 @@ use comet_core::{FixedPoint, PartyId, Prg};
 use comet_engine::local::{capacity_for, generate};
 use comet_engine::remote::{client_connect, dealer_session, server_session};
 use comet_engine::shares::{file_sha256, load_dealer, load_server_model, write_shares};
+use comet_engine::sparse::FfnMode;
 use comet_engine::EngineError;
 use comet_model::{Model, Sampler, SamplingParams};
 use comet_net::{memory_pair, Channel};
@@ -62,10 +63,24 @@ fn shares_on_disk_and_separate_parties_reproduce_plaintext_greedy() {
         )
     });
     let t0 = std::thread::spawn(move || {
-        server_session(PartyId::P0, &m0, boxed(s0), boxed(p01), boxed(d0))
+        server_session(
+            PartyId::P0,
+            &m0,
+            &FfnMode::Dense,
+            boxed(s0),
+            boxed(p01),
+            boxed(d0),
+        )
     });
     let t1 = std::thread::spawn(move || {
-        server_session(PartyId::P1, &m1, boxed(s1), boxed(p10), boxed(d1))
+        server_session(
+            PartyId::P1,
+            &m1,
+            &FfnMode::Dense,
+            boxed(s1),
+            boxed(p10),
+            boxed(d1),
+        )
     });
     let capacity = capacity_for(prompt.len(), max_tokens);
     let mut client = client_connect(

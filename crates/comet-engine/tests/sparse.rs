@@ -1,0 +1,218 @@
+//! The sparse FFN (DESIGN.md §7) on a tiny random llama model: all-keep equals dense, the
+//! output equals the plaintext model with the same neurons masked, and the servers' opened
+//! positions do not depend on which neurons are active.
+
+use comet_core::share::share;
+use comet_core::{FixedPoint, Prg};
+use comet_dealer::kinds::sparse::{PermutedFfn, PermutedFfnParams, PlainFfn};
+use comet_dealer::{Dealer, InProcessDealer};
+use comet_engine::local::{capacity_for, generate};
+use comet_engine::sparse::{FfnMode, SparseFfn};
+use comet_engine::LocalDeployment;
+use comet_model::sparsity::{Quantizer, SelfGateLayer, SELF_GATE_VERSION};
+use comet_model::{Model, Sampler, SamplingParams, SelfGate};
+use comet_net::NetProfile;
+use comet_protocols::sparse::{self_gate, SelfGateTable};
+use comet_protocols::testing::run_pair;
+use std::sync::Arc;
+
+fn tiny_model(seed: u64) -> (tempfile::TempDir, Model) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    comet_model::testing::write_tiny_llama_gguf(&path, seed).unwrap();
+    let model = Model::load(&path).unwrap();
+    (dir, model)
+}
+
+fn sparse_deployment(model: &Model, seed: u8) -> LocalDeployment {
+    let mut dep = LocalDeployment::share_with(
+        model,
+        FixedPoint::new(12),
+        Dealer::with_prg(Prg::from_seed([seed; 16])),
+        Prg::from_seed([seed.wrapping_add(1); 16]),
+    )
+    .unwrap();
+    dep.enable_sparse(model).unwrap();
+    dep
+}
+
+/// A self-gate over the whole range of the tiny model's values with a given threshold.
+fn gate_with_threshold(model: &Model, bits: u32, threshold: f64) -> SelfGate {
+    let layer = SelfGateLayer {
+        gate: Quantizer::covering(8.0, bits, 12).unwrap(),
+        up: Quantizer::covering(8.0, bits, 12).unwrap(),
+        threshold,
+    };
+    SelfGate {
+        version: SELF_GATE_VERSION,
+        model_sha256: "tiny".into(),
+        frac_bits: 12,
+        bits,
+        sparsity: 0.5,
+        layers: vec![layer; model.config().n_layers],
+    }
+}
+
+fn greedy(dep: &mut LocalDeployment, mode: FfnMode, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut session = dep
+        .session_with(capacity_for(prompt.len(), n), NetProfile::none(), mode)
+        .unwrap();
+    let mut sampler = Sampler::new(SamplingParams::default());
+    let out = generate(
+        session.client(),
+        prompt,
+        n,
+        &mut sampler,
+        &[],
+        "none",
+        |_| Ok(()),
+    )
+    .unwrap();
+    session.finish().unwrap();
+    out.tokens
+}
+
+#[test]
+fn sparse_with_every_neuron_kept_equals_dense() {
+    let (_dir, model) = tiny_model(7);
+    let mut dep = sparse_deployment(&model, 2);
+    let c = model.config();
+    let rows = |bits: u32| vec![u64::MAX >> (64 - (1u32 << bits).min(64)); 1 << bits];
+    let all = SparseFfn {
+        sparsity: 0.0,
+        tables: (0..c.n_layers)
+            .map(|_| SelfGateTable {
+                bits: 4,
+                gate_mult: 1,
+                gate_shift: 20,
+                up_mult: 1,
+                up_shift: 20,
+                rows: rows(4),
+            })
+            .collect(),
+    };
+    let prompt = [3u32, 14, 15, 9];
+    let mut sampler = Sampler::new(SamplingParams::default());
+    let (plain, _) =
+        comet_model::generate(&model, &prompt, 5, &mut sampler, &[], |_| Ok(())).unwrap();
+    let sparse = greedy(&mut dep, FfnMode::Sparse(Arc::new(all)), &prompt, 5);
+    assert_eq!(sparse, plain);
+}
+
+#[test]
+fn a_gate_file_for_another_fixed_point_or_width_is_refused() {
+    let (_dir, model) = tiny_model(7);
+    let mut gate = gate_with_threshold(&model, 5, 0.1);
+    assert!(SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(12)).is_ok());
+    let e = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(16)).unwrap_err();
+    assert!(e.to_string().contains("fractional bits"), "{e}");
+    gate.bits = 8;
+    let e = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(12)).unwrap_err();
+    assert!(e.to_string().contains("up to 7 bits"), "{e}");
+    gate.bits = 5;
+    gate.layers.pop();
+    assert!(SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(12)).is_err());
+}
+
+#[test]
+fn sparse_session_reports_active_counts_and_setup_bytes() {
+    let (_dir, model) = tiny_model(7);
+    let mut dep = sparse_deployment(&model, 5);
+    let gate = gate_with_threshold(&model, 6, 0.05);
+    let sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(12)).unwrap();
+    let mut session = dep
+        .session_with(8, NetProfile::none(), FfnMode::Sparse(Arc::new(sparse)))
+        .unwrap();
+    let first = session.client().step(&[1, 2, 3], false).unwrap();
+    let second = session.client().step(&[4], false).unwrap();
+    let summaries = session.finish().unwrap();
+    let c = model.config();
+    assert_eq!(first.costs.ffn_active.len(), c.n_layers);
+    assert!(first.costs.setup_offline_bytes > (3 * c.d_model * c.ffn_dim * 8 * c.n_layers) as u64);
+    assert_eq!(second.costs.setup_offline_bytes, 0);
+    // What the servers learned is exactly the opened bits; the counts match them.
+    let masks = &summaries[0].ffn_masks;
+    assert_eq!(masks.len(), 2);
+    assert_eq!(masks, &summaries[1].ffn_masks);
+    for (step, costs) in masks.iter().zip([&first.costs, &second.costs]) {
+        for (l, bits) in step.iter().enumerate() {
+            assert_eq!(
+                bits.iter().filter(|b| **b).count() as u64,
+                costs.ffn_active[l]
+            );
+        }
+    }
+    let total: u64 = first.costs.ffn_active.iter().sum();
+    let all = (3 * c.ffn_dim * c.n_layers) as u64;
+    assert!(
+        total > 0 && total < all,
+        "some but not all neurons active: {total} of {all}"
+    );
+}
+
+/// One neuron (index 0) is always active and every other one never is; over many sessions the
+/// position where the servers see the active bit must be uniform over the layer's neurons.
+#[test]
+fn the_always_active_neuron_lands_on_a_uniform_position() {
+    let (d, n) = (4usize, 8usize);
+    let fp = FixedPoint::new(12);
+    let mut gate = vec![0u64; d * n];
+    let mut up = vec![0u64; d * n];
+    for i in 0..d {
+        gate[i * n] = fp.encode(1.0);
+        up[i * n] = fp.encode(1.0);
+    }
+    let plain = PlainFfn {
+        d,
+        ffn: n,
+        gate,
+        up,
+        down: vec![0; n * d],
+    };
+    let mut dealer = Dealer::with_prg(Prg::from_seed([17; 16]));
+    dealer.insert_plain_ffn(0, plain);
+    let dealer = InProcessDealer::new(dealer);
+    // Keep when g̃ > 0 and ũ > 0 (codes of 4 bits, step 1: the active neuron has g = u = 4).
+    let table = SelfGateTable {
+        bits: 4,
+        gate_mult: 1,
+        gate_shift: 24,
+        up_mult: 1,
+        up_shift: 24,
+        rows: (0..16u64)
+            .map(|g| if (1..8).contains(&g) { 0b1111_1110 } else { 0 })
+            .collect(),
+    };
+    let x: Vec<u64> = vec![fp.encode(1.0); d];
+    let mut prg = Prg::from_seed([18; 16]);
+    let trials = 400;
+    let mut counts = vec![0usize; n];
+    for _ in 0..trials {
+        let (x0, x1) = share(&x, &mut prg);
+        let xs = [x0, x1];
+        let (r0, r1) = run_pair(&dealer, |p| {
+            let w: PermutedFfn = p.correlation(&PermutedFfnParams { layer: 0 })?;
+            let gu =
+                comet_protocols::arith::matmul_fixed(p, &xs[p.id.index()], 1, &[&w.gate, &w.up])?;
+            self_gate(p, &gu[0], &gu[1], &table)
+        });
+        let (b0, b1) = (r0.unwrap(), r1.unwrap());
+        assert_eq!(b0, b1);
+        let active: Vec<usize> = (0..n).filter(|&j| b0[j]).collect();
+        assert_eq!(active.len(), 1, "exactly the one neuron is active: {b0:?}");
+        let perm = dealer.with(|d| d.ffn_permutation(0).unwrap().to_vec());
+        assert_eq!(perm[active[0]], 0, "the active position holds neuron 0");
+        counts[active[0]] += 1;
+    }
+    // Chi-square with 7 degrees of freedom: 24.3 is the 0.1% critical value.
+    let expected = trials as f64 / n as f64;
+    let chi2: f64 = counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
+    eprintln!("positions {counts:?}, chi-square {chi2:.2}");
+    assert!(
+        chi2 < 24.3,
+        "positions are not uniform: {counts:?} (chi-square {chi2:.1})"
+    );
+}
