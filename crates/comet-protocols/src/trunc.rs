@@ -32,7 +32,18 @@
 //! no DCF key. Inputs outside `[−2^62, 2^62)` give a wrong result (the range is public
 //! knowledge of the caller: fixed-point values at 2f bits are far below it).
 //!
-//! Costs per element: online 8 bytes each way, one round, for both variants. Offline: P0
+//! # Narrow rings (`truncate_many_narrow`)
+//!
+//! If `|x| < 2^(L−2)` for a public width `L ≤ 64`, the same derivation runs inside Z_2^L: each
+//! server reduces its share mod `2^L` (local), they open `x̂ = x + 2^(L−2) + r mod 2^L` (L bits
+//! on the wire, packed to `⌈L/8⌉` bytes), the carry is `c = msb_L(r)·(1 − msb_L(x̂))`, and
+//! `⌊x / 2^s⌋ = (x̂ >> s) − ((r mod 2^L) >> s) − w + 2^(L−s)·c − 2^(L−2−s)` with every dealer
+//! term shared in Z_2^64, so the output is a Z_2^64 sharing of the sign-extended result
+//! (needs `s ≤ L − 2`). The opening is uniform in Z_2^L whatever `x` is. `L = 64` is the
+//! full-width protocol above.
+//!
+//! Costs per element: online 8 bytes each way (`⌈L/8⌉` in a narrow ring), one round, for both
+//! variants. Offline: P0
 //! gets seeds only; P1 gets `8 + ⌈s/8⌉` bytes; the exact variant adds one DCF key per server
 //! (`3 + ⌈(193·s + 191)/8⌉` bytes, 317 bytes at s = 12).
 //!
@@ -42,13 +53,13 @@
 //! share, and the results are shares of `x mod 2^k` over Z_2^k. Widening back needs sign
 //! extension, which is not local.
 
-use crate::arith::{self, open};
+use crate::arith::{self, open_bits, open_many};
 use crate::error::check_len;
 use crate::{Party, ProtocolError};
 use comet_core::ring;
-use comet_dealer::kinds::trunc::{TruncMask, TruncParams, TruncSegment, MAX_SHIFT};
+use comet_dealer::kinds::trunc::{TruncMask, TruncParams, TruncSegment, MAX_SHIFT, MIN_WIDTH};
 
-/// The offset that makes every input of the range non-negative: `x' = x + 2^62`.
+/// The full-width offset that makes every input of the range non-negative: `x' = x + 2^62`.
 const OFFSET_BITS: u32 = 62;
 
 /// Which truncation to run.
@@ -95,25 +106,55 @@ pub fn truncate_many_with(
     parts: &[(&[u64], u32)],
     mode: TruncMode,
 ) -> Result<Vec<Vec<u64>>, ProtocolError> {
-    if let Some((_, bad)) = parts.iter().find(|(_, s)| *s > MAX_SHIFT) {
+    let wide: Vec<(&[u64], u32, u32)> = parts.iter().map(|&(x, s)| (x, s, 64)).collect();
+    truncate_many_narrow_with(p, &wide, mode)
+}
+
+/// Faithful (±1 ulp) truncation of several vectors, each `(x, shift, width)` by its own
+/// shift inside its own ring width `L = width`, in one round: shares (over Z_2^64) of
+/// `⌊x / 2^shift⌋` or one more, for `−2^(L−2) ≤ x < 2^(L−2)`. Only `L` bits per element
+/// cross the wire (byte-aligned: `⌈L/8⌉` bytes), against 8 for the full-width truncation.
+/// `width = 64` is [`truncate_many_faithful`].
+pub fn truncate_many_narrow(
+    p: &mut Party,
+    parts: &[(&[u64], u32, u32)],
+) -> Result<Vec<Vec<u64>>, ProtocolError> {
+    truncate_many_narrow_with(p, parts, TruncMode::Faithful)
+}
+
+/// [`truncate_many_narrow`] in the chosen mode (the exact mode adds one DCF key on `shift`
+/// bits per element offline; online costs are the same).
+///
+/// A shift of 0 returns the input unchanged. Errors: [`ProtocolError::Range`] for a width
+/// outside 3..=64 or a shift above `width − 2`.
+pub fn truncate_many_narrow_with(
+    p: &mut Party,
+    parts: &[(&[u64], u32, u32)],
+    mode: TruncMode,
+) -> Result<Vec<Vec<u64>>, ProtocolError> {
+    if let Some((_, s, l)) = parts
+        .iter()
+        .find(|(_, s, l)| !(MIN_WIDTH..=64).contains(l) || (*s > 0 && *s > l - 2))
+    {
         return Err(ProtocolError::Range(format!(
-            "truncation shift {bad} exceeds {MAX_SHIFT}"
+            "truncation by {s} bits in a {l}-bit ring (width {MIN_WIDTH}..=64, shift ≤ width − 2 ≤ {MAX_SHIFT})"
         )));
     }
     // Parts that actually need the protocol, in layout order.
-    let active: Vec<(&[u64], u32)> = parts
+    let active: Vec<(&[u64], u32, u32)> = parts
         .iter()
         .copied()
-        .filter(|(x, s)| *s > 0 && !x.is_empty())
+        .filter(|(x, s, _)| *s > 0 && !x.is_empty())
         .collect();
     if active.is_empty() {
-        return Ok(parts.iter().map(|(x, _)| x.to_vec()).collect());
+        return Ok(parts.iter().map(|(x, _, _)| x.to_vec()).collect());
     }
     let segments: Vec<TruncSegment> = active
         .iter()
-        .map(|(x, s)| TruncSegment {
+        .map(|(x, s, l)| TruncSegment {
             len: x.len(),
             shift: *s,
+            width: *l,
         })
         .collect();
     let params = TruncParams {
@@ -122,36 +163,38 @@ pub fn truncate_many_with(
     };
     let mask: TruncMask = p.correlation(&params)?;
 
-    let offset = if p.is_p0() { 1u64 << OFFSET_BITS } else { 0 };
+    // Step 1: open x̂ = x + 2^(L−2) + r mod 2^L, each part at its own width, one round.
+    let is_p0 = p.is_p0();
     let masked: Vec<u64> = active
         .iter()
-        .flat_map(|(x, _)| x.iter())
+        .flat_map(|(x, _, l)| x.iter().map(move |v| (v, *l)))
         .zip(&mask.r)
-        .map(|(v, r)| v.wrapping_add(*r).wrapping_add(offset))
+        .map(|((v, l), r)| {
+            let offset = if is_p0 { 1u64 << (l - 2) } else { 0 };
+            v.wrapping_add(*r).wrapping_add(offset) & ring::mask_bits(l)
+        })
         .collect();
-    let opened = open(p, &masked)?;
+    let opened = open_runs(p, &masked, &active)?;
     let below_mask = match &mask.dcf {
         Some(keys) => comet_fss::dcf_eval_batch(p.id, keys, &opened),
         None => vec![0; opened.len()],
     };
 
-    let is_p0 = p.is_p0();
-    let shifts = active
+    // Steps 2–4: ⌊x / 2^s⌋ = X − R − w + 2^(L−s)·msb_L(r)·(1 − msb_L(x̂)) − 2^(L−2−s).
+    let shifts_widths = active
         .iter()
-        .flat_map(|(x, s)| std::iter::repeat_n(*s, x.len()));
-    let flat: Vec<u64> = shifts
+        .flat_map(|(x, s, l)| std::iter::repeat_n((*s, *l), x.len()));
+    let flat: Vec<u64> = shifts_widths
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(i, (s, l))| {
             let x_hat = opened[i];
-            let no_msb = (!x_hat) >> 63;
-            let carry = no_msb.wrapping_mul(mask.r_msb[i] << (64 - s));
+            let no_msb = 1 ^ (x_hat >> (l - 1));
+            let carry = no_msb.wrapping_mul(mask.r_msb[i] << (l - s));
             let mut y = carry
                 .wrapping_sub(mask.r_high[i])
                 .wrapping_sub(below_mask[i]);
             if is_p0 {
-                y = y
-                    .wrapping_add(x_hat >> s)
-                    .wrapping_sub(1u64 << (OFFSET_BITS - s));
+                y = y.wrapping_add(x_hat >> s).wrapping_sub(1u64 << (l - 2 - s));
             }
             y
         })
@@ -160,7 +203,7 @@ pub fn truncate_many_with(
     let mut pieces = flat.into_iter();
     Ok(parts
         .iter()
-        .map(|(x, s)| {
+        .map(|(x, s, _)| {
             if *s > 0 {
                 pieces.by_ref().take(x.len()).collect()
             } else {
@@ -168,6 +211,34 @@ pub fn truncate_many_with(
             }
         })
         .collect())
+}
+
+/// Opens `masked` (the concatenation of `parts`, already reduced to each part's width) in one
+/// round; consecutive parts of the same width travel as one packed vector.
+fn open_runs(
+    p: &mut Party,
+    masked: &[u64],
+    parts: &[(&[u64], u32, u32)],
+) -> Result<Vec<u64>, ProtocolError> {
+    let mut runs: Vec<(usize, u32)> = Vec::new();
+    for (x, _, l) in parts {
+        match runs.last_mut() {
+            Some((len, width)) if width == l => *len += x.len(),
+            _ => runs.push((x.len(), *l)),
+        }
+    }
+    if let [(_, width)] = runs[..] {
+        return open_bits(p, masked, width);
+    }
+    let mut start = 0;
+    let layout: Vec<(&[u64], u32)> = runs
+        .iter()
+        .map(|&(len, width)| {
+            start += len;
+            (&masked[start - len..start], width)
+        })
+        .collect();
+    Ok(open_many(p, &layout)?.concat())
 }
 
 fn single(mut v: Vec<Vec<u64>>) -> Result<Vec<u64>, ProtocolError> {
@@ -408,6 +479,189 @@ mod tests {
                 prop_assert_eq!(exact[0][i], floor);
                 prop_assert!(faithful[0][i].wrapping_sub(floor) <= 1);
             }
+        }
+    }
+
+    /// Signed values inside the narrow range `[−2^(L−2), 2^(L−2))`: the edges, small values
+    /// and random magnitudes.
+    fn narrow_values(prg: &mut Prg, width: u32, n: usize) -> Vec<u64> {
+        let limit = 1i64 << (width - 2);
+        let mut v: Vec<u64> = [
+            0,
+            1,
+            -1,
+            limit - 1,
+            -limit,
+            -limit + 1,
+            limit - 2,
+            limit / 2,
+        ]
+        .iter()
+        .map(|&e| e as u64)
+        .collect();
+        while v.len() < n {
+            let bits = 1 + prg.gen_index(width as usize - 2) as u32;
+            let magnitude = (prg.next_u64() & ring::mask_bits(bits)) as i64;
+            let signed = if prg.next_u64() & 1 == 1 {
+                -magnitude
+            } else {
+                magnitude.min(limit - 1)
+            };
+            v.push(signed as u64);
+        }
+        v.truncate(n);
+        v
+    }
+
+    /// Runs `truncate_many_narrow_with` on one shared vector per `(values, shift, width)`;
+    /// returns the opened results and P0's online costs.
+    fn run_narrow(
+        cases: &[(Vec<u64>, u32, u32)],
+        mode: TruncMode,
+        seed: u8,
+    ) -> (Vec<Vec<u64>>, comet_net::Costs) {
+        let mut prg = Prg::from_seed([seed.wrapping_add(50); 16]);
+        let shares: Vec<[Vec<u64>; 2]> = cases
+            .iter()
+            .map(|(v, _, _)| share_for_test(v, &mut prg))
+            .collect();
+        let d = dealer(seed);
+        let (r0, r1) = run_pair(&d, |p| {
+            let i = p.id.index();
+            let parts: Vec<(&[u64], u32, u32)> = cases
+                .iter()
+                .zip(&shares)
+                .map(|((_, s, l), sh)| (&sh[i][..], *s, *l))
+                .collect();
+            let out = truncate_many_narrow_with(p, &parts, mode)?;
+            Ok((out, p.online_meter().total()))
+        });
+        let (y0, costs) = r0.unwrap();
+        let (y1, _) = r1.unwrap();
+        (
+            y0.iter().zip(&y1).map(|(a, b)| reconstruct(a, b)).collect(),
+            costs,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn narrow_truncation_matches_the_ideal_functionality(
+            width in 3u32..=64,
+            raw in proptest::collection::vec(any::<i64>(), 1..40),
+            shift_seed in any::<u32>(),
+            seed in any::<u8>(),
+        ) {
+            let shift = 1 + shift_seed % (width - 2);
+            let limit = 1i128 << (width - 2);
+            // Map arbitrary i64s into [−2^(L−2), 2^(L−2)).
+            let values: Vec<u64> = raw
+                .iter()
+                .map(|&v| ((v as i128).rem_euclid(2 * limit) - limit) as i64 as u64)
+                .collect();
+            let (exact, _) = run_narrow(&[(values.clone(), shift, width)], TruncMode::Exact, seed);
+            let (faithful, _) = run_narrow(&[(values.clone(), shift, width)], TruncMode::Faithful, seed);
+            for i in 0..values.len() {
+                let floor = floor_shift(values[i], shift);
+                prop_assert_eq!(exact[0][i], floor);
+                prop_assert!(faithful[0][i].wrapping_sub(floor) <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_truncation_matches_the_ideal_functionality_at_many_widths() {
+        let mut prg = Prg::from_seed([21; 16]);
+        let mut cases = Vec::new();
+        for width in [3, 4, 8, 13, 16, 24, 33, 36, 40, 45, 48, 56, 63, 64] {
+            let mut shifts = vec![1, width - 2, (width / 2).max(1)];
+            shifts.extend([12, 24, 26].iter().filter(|&&s| s <= width - 2));
+            for s in shifts {
+                cases.push((narrow_values(&mut prg, width, 300), s, width));
+            }
+        }
+        for mode in [TruncMode::Exact, TruncMode::Faithful] {
+            let (got, costs) = run_narrow(&cases, mode, 22);
+            let mut rounded_up = 0;
+            for ((values, s, l), out) in cases.iter().zip(&got) {
+                for (x, y) in values.iter().zip(out) {
+                    let diff = y.wrapping_sub(floor_shift(*x, *s));
+                    match mode {
+                        TruncMode::Exact => {
+                            assert_eq!(diff, 0, "x = {}, shift {s}, width {l}", *x as i64)
+                        }
+                        TruncMode::Faithful => assert!(
+                            diff <= 1,
+                            "x = {}, shift {s}, width {l}: off by {}",
+                            *x as i64,
+                            diff as i64
+                        ),
+                    }
+                    rounded_up += diff as usize;
+                }
+            }
+            if mode == TruncMode::Faithful {
+                assert!(rounded_up > 1000, "only {rounded_up} rounded up");
+            }
+            assert_eq!(costs.rounds, 1, "every width in one round");
+        }
+    }
+
+    #[test]
+    fn narrow_truncation_sends_l_bits_per_element() {
+        let mut prg = Prg::from_seed([23; 16]);
+        let n = 1000;
+        let full = run_narrow(
+            &[(narrow_values(&mut prg, 64, n), 12, 64)],
+            TruncMode::Faithful,
+            24,
+        )
+        .1;
+        assert_eq!(
+            full.bytes_sent as usize,
+            5 + 8 * n,
+            "the full-width cost is unchanged"
+        );
+        for width in [16, 24, 40, 48, 56] {
+            let (_, costs) = run_narrow(
+                &[(narrow_values(&mut prg, width, n), 12, width)],
+                TruncMode::Faithful,
+                25,
+            );
+            assert_eq!(
+                costs.bytes_sent as usize,
+                5 + (width as usize / 8) * n,
+                "width {width}"
+            );
+            println!(
+                "narrow truncation width {width}: {} bytes sent per element (64-bit: 8)",
+                (costs.bytes_sent - 5) as f64 / n as f64
+            );
+        }
+        // Two widths in one round: one packed vector per run of equal widths.
+        let (_, mixed) = run_narrow(
+            &[
+                (narrow_values(&mut prg, 40, n), 12, 40),
+                (narrow_values(&mut prg, 40, n), 24, 40),
+                (narrow_values(&mut prg, 56, n), 24, 56),
+            ],
+            TruncMode::Faithful,
+            26,
+        );
+        assert_eq!(mixed.rounds, 1);
+        assert_eq!(mixed.bytes_sent as usize, 5 + 2 * 5 + 2 * n * 5 + n * 7);
+    }
+
+    #[test]
+    fn narrow_truncation_rejects_bad_widths_and_shifts() {
+        for (s, l) in [(1, 2), (31, 32), (1, 65), (63, 64)] {
+            let d = dealer(27);
+            let (r0, _) = run_pair(&d, |p| truncate_many_narrow(p, &[(&[1u64, 2][..], s, l)]));
+            assert!(
+                matches!(r0, Err(ProtocolError::Range(_))),
+                "shift {s} width {l}"
+            );
         }
     }
 

@@ -1,12 +1,13 @@
 //! Masks for one-round truncation by public shifts (`comet_protocols::trunc`).
 //!
-//! For every element with shift `s` (1 ≤ s ≤ 62) the dealer draws a uniform `r ∈ Z_2^64` and
-//! shares, additively over Z_2^64:
+//! For every element with shift `s` and ring width `L` (3 ≤ L ≤ 64, 1 ≤ s ≤ L − 2) the dealer
+//! draws a uniform `r ∈ Z_2^64` (the protocol uses `r_L = r mod 2^L`) and shares, additively
+//! over Z_2^64:
 //!
 //! * `r` itself (both halves are seeds),
-//! * `r_high = r >> s` (P0: seed, P1: an explicit word),
-//! * `r_msb = r >> 63` (P0: seed, P1: explicit, only its low `s` bits: the protocol uses
-//!   `2^(64−s)·r_msb`, which depends on `r_msb mod 2^s` only),
+//! * `r_high = r_L >> s` (P0: seed, P1: an explicit word),
+//! * `r_msb = r_L >> (L − 1)` (P0: seed, P1: explicit, only its low `64 − L + s` bits: the
+//!   protocol uses `2^(L−s)·r_msb`, which depends on `r_msb mod 2^(64−L+s)` only),
 //! * for the exact variant, a DCF key pair on `s`-bit inputs for `1{v < r mod 2^s}` with
 //!   payload 1 in Z_2^64 (both halves are keys, about `24·s + 27` bytes each).
 //!
@@ -26,13 +27,35 @@ const KEY_BLOCK: usize = 1024;
 /// of 2^s.
 pub const MAX_SHIFT: u32 = 62;
 
-/// One block of elements truncated by the same shift.
+/// Narrowest supported ring width `L` of a truncation (the offset `2^(L−2)` needs `s ≤ L − 2`).
+pub const MIN_WIDTH: u32 = 3;
+
+/// One block of elements truncated by the same shift in the same ring width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TruncSegment {
     /// Number of elements.
     pub len: usize,
-    /// Shift `s` in bits, 1..=[`MAX_SHIFT`].
+    /// Shift `s` in bits, `1..=width − 2`.
     pub shift: u32,
+    /// Ring width `L` of the masked opening (inputs satisfy |x| < 2^(L−2)), 3..=64; 64 is
+    /// the full-width truncation.
+    pub width: u32,
+}
+
+impl TruncSegment {
+    /// A full-width (64-bit) segment: inputs anywhere in `[−2^62, 2^62)`.
+    pub fn full(len: usize, shift: u32) -> Self {
+        Self {
+            len,
+            shift,
+            width: 64,
+        }
+    }
+
+    /// Bits of P1's explicit share of `r_msb` that matter (`2^(L−s)·r_msb` mod 2^64).
+    fn msb_bits(&self) -> u32 {
+        (64 - self.width + self.shift).min(64)
+    }
 }
 
 /// Public parameters: the blocks of one truncation round and the variant.
@@ -60,11 +83,11 @@ impl TruncParams {
         if let Some(bad) = self
             .segments
             .iter()
-            .find(|s| !(1..=MAX_SHIFT).contains(&s.shift))
+            .find(|s| !(MIN_WIDTH..=64).contains(&s.width) || !(1..=s.width - 2).contains(&s.shift))
         {
             return Err(DealerError::InvalidParams(format!(
-                "truncation shift {} is outside 1..={MAX_SHIFT}",
-                bad.shift
+                "truncation by {} bits in a {}-bit ring (allowed: width {MIN_WIDTH}..=64, shift 1..=width − 2)",
+                bad.shift, bad.width
             )));
         }
         let total = self
@@ -80,16 +103,24 @@ impl TruncParams {
             .iter()
             .flat_map(|s| std::iter::repeat_n(s.shift, s.len))
     }
+
+    /// The (shift, width) of every element, in layout order.
+    fn shifts_widths(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.segments
+            .iter()
+            .flat_map(|s| std::iter::repeat_n((s.shift, s.width), s.len))
+    }
 }
 
 /// A server's half of a truncation mask.
 #[derive(Clone, Debug)]
 pub struct TruncMask {
-    /// Share of `r`.
+    /// Share of `r` (the protocol uses `r mod 2^L`, reducing each share).
     pub r: Vec<u64>,
-    /// Share of `r >> s`.
+    /// Share of `(r mod 2^L) >> s`.
     pub r_high: Vec<u64>,
-    /// Share of `msb(r)`; only valid modulo `2^s` (enough for `2^(64−s)·msb(r)`).
+    /// Share of `msb_L(r)` (bit `L − 1`); only valid modulo `2^(64−L+s)` (enough for
+    /// `2^(L−s)·msb_L(r)`).
     pub r_msb: Vec<u64>,
     /// DCF keys for `1{v < r mod 2^s}` (exact variant only).
     pub dcf: Option<Vec<DcfKey>>,
@@ -103,7 +134,7 @@ impl CorrelationKind for TruncMask {
     fn encode_params(p: &TruncParams, w: &mut Writer) {
         w.u8(p.exact as u8).u32(p.segments.len() as u32);
         for s in &p.segments {
-            w.u32(s.len as u32).u8(s.shift as u8);
+            w.u32(s.len as u32).u8(s.shift as u8).u8(s.width as u8);
         }
     }
 
@@ -128,6 +159,7 @@ impl CorrelationKind for TruncMask {
             segments.push(TruncSegment {
                 len: r.u32()? as usize,
                 shift: r.u8()? as u32,
+                width: r.u8()? as u32,
             });
         }
         let params = TruncParams { exact, segments };
@@ -149,9 +181,9 @@ impl CorrelationKind for TruncMask {
         put_seed(&mut w1, &seeds[1]);
         let high1: Vec<u64> = r
             .iter()
-            .zip(p.shifts())
+            .zip(p.shifts_widths())
             .zip(&high0)
-            .map(|((v, s), h0)| (v >> s).wrapping_sub(*h0))
+            .map(|((v, (s, l)), h0)| ((v & ring::mask_bits(l)) >> s).wrapping_sub(*h0))
             .collect();
         w1.ring(&high1, 64);
         let mut start = 0;
@@ -160,9 +192,9 @@ impl CorrelationKind for TruncMask {
             let msb1: Vec<u64> = r[range.clone()]
                 .iter()
                 .zip(&msb0[range])
-                .map(|(v, m0)| (v >> 63).wrapping_sub(*m0))
+                .map(|(v, m0)| ((v >> (seg.width - 1)) & 1).wrapping_sub(*m0))
                 .collect();
-            w1.ring(&msb1, seg.shift);
+            w1.ring(&msb1, seg.msb_bits());
             start += seg.len;
         }
         if p.exact {
@@ -302,9 +334,19 @@ mod tests {
     #[test]
     fn halves_share_the_mask_its_high_part_msb_and_comparison() {
         let segments = vec![
-            TruncSegment { len: 40, shift: 12 },
-            TruncSegment { len: 0, shift: 5 },
-            TruncSegment { len: 25, shift: 62 },
+            TruncSegment::full(40, 12),
+            TruncSegment::full(0, 5),
+            TruncSegment::full(25, 62),
+            TruncSegment {
+                len: 30,
+                shift: 26,
+                width: 48,
+            },
+            TruncSegment {
+                len: 20,
+                shift: 1,
+                width: 3,
+            },
         ];
         let p = TruncParams {
             exact: true,
@@ -313,12 +355,14 @@ mod tests {
         let (h0, h1, _) = halves(&p);
         let keys = (h0.dcf.as_ref().unwrap(), h1.dcf.as_ref().unwrap());
         let mut probe = Prg::from_seed([4; 16]);
-        for (i, s) in p.shifts().enumerate() {
+        for (i, (s, l)) in p.shifts_widths().enumerate() {
             let r = h0.r[i].wrapping_add(h1.r[i]);
-            assert_eq!(h0.r_high[i].wrapping_add(h1.r_high[i]), r >> s);
+            let r_l = r & ring::mask_bits(l);
+            assert_eq!(h0.r_high[i].wrapping_add(h1.r_high[i]), r_l >> s);
+            let valid = ring::mask_bits((64 - l + s).min(64));
             assert_eq!(
-                h0.r_msb[i].wrapping_add(h1.r_msb[i]) & ring::mask_bits(s),
-                (r >> 63) & ring::mask_bits(s)
+                h0.r_msb[i].wrapping_add(h1.r_msb[i]) & valid,
+                (r_l >> (l - 1)) & valid
             );
             let low = r & ring::mask_bits(s);
             for v in [
@@ -346,10 +390,7 @@ mod tests {
     fn faithful_halves_are_small_and_carry_no_keys() {
         let p = TruncParams {
             exact: false,
-            segments: vec![TruncSegment {
-                len: 1000,
-                shift: 12,
-            }],
+            segments: vec![TruncSegment::full(1000, 12)],
         };
         let (h0, h1, sizes) = halves(&p);
         assert!(h0.dcf.is_none() && h1.dcf.is_none());
@@ -363,9 +404,24 @@ mod tests {
         let mut dealer = Dealer::new();
         for segments in [
             vec![],
-            vec![TruncSegment { len: 4, shift: 0 }],
-            vec![TruncSegment { len: 4, shift: 63 }],
-            vec![TruncSegment { len: 0, shift: 3 }],
+            vec![TruncSegment::full(4, 0)],
+            vec![TruncSegment::full(4, 63)],
+            vec![TruncSegment::full(0, 3)],
+            vec![TruncSegment {
+                len: 4,
+                shift: 31,
+                width: 32,
+            }],
+            vec![TruncSegment {
+                len: 4,
+                shift: 1,
+                width: 2,
+            }],
+            vec![TruncSegment {
+                len: 4,
+                shift: 1,
+                width: 65,
+            }],
         ] {
             let request = encode_request::<TruncMask>(&TruncParams {
                 exact: true,
@@ -377,7 +433,7 @@ mod tests {
         }
         let p = TruncParams {
             exact: true,
-            segments: vec![TruncSegment { len: 3, shift: 12 }],
+            segments: vec![TruncSegment::full(3, 12)],
         };
         let half = dealer
             .serve(PartyId::P1, &encode_request::<TruncMask>(&p))
@@ -390,7 +446,7 @@ mod tests {
         }
         let wrong_shift = TruncParams {
             exact: true,
-            segments: vec![TruncSegment { len: 3, shift: 13 }],
+            segments: vec![TruncSegment::full(3, 13)],
         };
         assert!(TruncMask::decode(PartyId::P1, &wrong_shift, &half).is_err());
     }
