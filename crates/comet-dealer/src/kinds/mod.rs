@@ -11,6 +11,7 @@ pub mod compare;
 pub mod lut;
 pub mod matmul;
 pub mod nonlinear;
+pub mod norm;
 pub mod shuffle;
 pub mod sparse;
 pub mod trunc;
@@ -38,6 +39,7 @@ pub fn generate_by_tag(
         nonlinear::GatedLutKeys::TAG => generate::<nonlinear::GatedLutKeys>(params, ctx),
         nonlinear::MultiReluKeys::TAG => generate::<nonlinear::MultiReluKeys>(params, ctx),
         nonlinear::ExpPairKeys::TAG => generate::<nonlinear::ExpPairKeys>(params, ctx),
+        norm::NormMask::TAG => generate::<norm::NormMask>(params, ctx),
         attention::AttnScoreMask::TAG => generate::<attention::AttnScoreMask>(params, ctx),
         attention::AttnValueMask::TAG => generate::<attention::AttnValueMask>(params, ctx),
         attention::ClientInputMask::TAG => generate::<attention::ClientInputMask>(params, ctx),
