@@ -32,10 +32,7 @@ impl NormParams {
     fn validate(&self) -> Result<(), DealerError> {
         check_size("norm rows", self.rows)?;
         check_size("norm width", self.d)?;
-        check_size(
-            "norm elements",
-            self.rows.checked_mul(self.d).unwrap_or(usize::MAX),
-        )
+        check_size("norm elements", self.rows.saturating_mul(self.d))
     }
 }
 
@@ -78,7 +75,10 @@ impl CorrelationKind for NormMask {
         let v = ring::add(&expand(&seeds[2], p.rows), &expand(&seeds[3], p.rows));
         let a_sq: Vec<u64> = a
             .chunks_exact(p.d)
-            .map(|row| row.iter().fold(0u64, |s, x| s.wrapping_add(x.wrapping_mul(*x))))
+            .map(|row| {
+                row.iter()
+                    .fold(0u64, |s, x| s.wrapping_add(x.wrapping_mul(*x)))
+            })
             .collect();
         let av: Vec<u64> = a
             .iter()
@@ -142,7 +142,9 @@ mod tests {
         let v = ring::add(&h0.v, &h1.v);
         for i in 0..p.rows {
             let row = &a[i * p.d..(i + 1) * p.d];
-            let sq = row.iter().fold(0u64, |s, x| s.wrapping_add(x.wrapping_mul(*x)));
+            let sq = row
+                .iter()
+                .fold(0u64, |s, x| s.wrapping_add(x.wrapping_mul(*x)));
             assert_eq!(h0.a_sq[i].wrapping_add(h1.a_sq[i]), sq);
             for j in 0..p.d {
                 let k = i * p.d + j;
