@@ -13,6 +13,7 @@ pub mod matmul;
 pub mod nonlinear;
 pub mod norm;
 pub mod shuffle;
+pub mod silu;
 pub mod sparse;
 pub mod trunc;
 
@@ -40,6 +41,7 @@ pub fn generate_by_tag(
         nonlinear::MultiReluKeys::TAG => generate::<nonlinear::MultiReluKeys>(params, ctx),
         nonlinear::ExpPairKeys::TAG => generate::<nonlinear::ExpPairKeys>(params, ctx),
         norm::NormMask::TAG => generate::<norm::NormMask>(params, ctx),
+        silu::SiluKeys::TAG => generate::<silu::SiluKeys>(params, ctx),
         attention::AttnScoreMask::TAG => generate::<attention::AttnScoreMask>(params, ctx),
         attention::AttnValueMask::TAG => generate::<attention::AttnValueMask>(params, ctx),
         attention::ClientInputMask::TAG => generate::<attention::ClientInputMask>(params, ctx),
