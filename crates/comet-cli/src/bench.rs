@@ -28,7 +28,7 @@ enum BenchWhat {
     /// Every 2PC protocol at a realistic size: time, bytes, rounds, error.
     Ops(OpsArgs),
     /// One secure generation on the real model: time, bytes and rounds per token.
-    Generate(crate::secure::BenchGenerateArgs),
+    Generate(crate::bench_generate::BenchGenerateArgs),
 }
 
 /// Arguments of `comet bench ops`.
@@ -49,7 +49,7 @@ pub struct OpsArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Ops(ops) => run_ops(ops),
-        BenchWhat::Generate(g) => crate::secure::bench_generate(g),
+        BenchWhat::Generate(g) => crate::bench_generate::run(g),
     }
 }
 
@@ -320,11 +320,20 @@ fn cases(prg: &mut Prg) -> Vec<Case> {
     ));
     v.push(case(
         "truncate_faithful",
+        vec![wide.clone()],
+        2 * F,
+        F,
+        floor.clone(),
+        Box::new(|p, s| trunc::truncate_faithful(p, &s[0], 12)),
+    ));
+    // |x| < 2^38 ring units at 2f (16,384 in value): 5 bytes per element instead of 8.
+    v.push(case(
+        "truncate_narrow L=40",
         vec![wide],
         2 * F,
         F,
         floor,
-        Box::new(|p, s| trunc::truncate_faithful(p, &s[0], 12)),
+        Box::new(|p, s| Ok(trunc::truncate_many_narrow(p, &[(&s[0], 12, 40)])?.swap_remove(0))),
     ));
 
     let step: Vec<f64> = qx
@@ -405,6 +414,37 @@ fn cases(prg: &mut Prg) -> Vec<Case> {
         Box::new(|p, s| nonlinear::silu(p, &s[0])),
     ));
     v.push(case(
+        "silu bits=24",
+        vec![gate.clone()],
+        F,
+        F,
+        qg.iter().map(|a| nonlinear::silu_f64(*a)).collect(),
+        Box::new(|p, s| nonlinear::silu_with_bits(p, &s[0], 24)),
+    ));
+    // The untruncated gate (2f) and up (2f) projections, as they leave the matmul.
+    let qg2 = quantized(&gate, 2 * F);
+    let up = uniform(prg, 1536, -75.0, 75.0);
+    let qu2 = quantized(&up, 2 * F);
+    v.push(case(
+        "silu_2f bits=36",
+        vec![gate.clone()],
+        2 * F,
+        F,
+        qg2.iter().map(|a| nonlinear::silu_f64(*a)).collect(),
+        Box::new(|p, s| nonlinear::silu::silu_2f(p, &s[0], 36)),
+    ));
+    v.push(case(
+        "silu_mul_2f 36/40",
+        vec![gate.clone(), up],
+        2 * F,
+        2 * F,
+        qg2.iter()
+            .zip(&qu2)
+            .map(|(g, u)| nonlinear::silu_f64(*g) * u)
+            .collect(),
+        Box::new(|p, s| nonlinear::silu::silu_mul_2f(p, &s[0], &s[1], 36, 40)),
+    ));
+    v.push(case(
         "gelu",
         vec![gate],
         F,
@@ -472,6 +512,36 @@ fn cases(prg: &mut Prg) -> Vec<Case> {
         rms_norm_reference(&qrow, 576, 1e-5),
         Box::new(|p, s| nonlinear::rms_norm(p, &s[0], 1, 576, None, 1e-5)),
     ));
+    // RMSNorm fused with the gate/up-sized product it feeds (576 × 1536, gain folded in).
+    let (k, n) = (576, 1536);
+    let w = uniform(prg, k * n, -0.1, 0.1);
+    let qw = quantized(&w, F);
+    let normed = rms_norm_reference(&qrow, k, 1e-5);
+    let expected: Vec<f64> = (0..n)
+        .map(|j| (0..k).map(|i| normed[i] * qw[i * n + j]).sum())
+        .collect();
+    let dealer = fresh_dealer();
+    let views: [FixedWeight; 2] = dealer.with(|d| d.register_weight(&encode(&w, F), k, n));
+    v.push(Case {
+        op: "rms_norm_matmul 1x576x1536".into(),
+        n: k,
+        inputs: vec![row.clone()],
+        in_frac: F,
+        out_frac: 2 * F,
+        reference: expected,
+        protocol: Box::new(move |p, s| {
+            Ok(nonlinear::norm::rms_norm_matmul(
+                p,
+                &s[0],
+                1,
+                576,
+                1e-5,
+                &[&views[p.id.index()]],
+            )?
+            .swap_remove(0))
+        }),
+        dealer,
+    });
     v.push(case(
         "layer_norm 1x576",
         vec![row],

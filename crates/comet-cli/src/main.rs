@@ -1,10 +1,13 @@
 //! `comet`: private LLM inference on secret shares held by two non-colluding servers.
 
 mod bench;
+mod bench_generate;
 mod keys;
 mod party;
 mod plaintext;
 mod secure;
+mod sparsity;
+mod sparse_mode;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +35,10 @@ enum Command {
     ShareModel(party::ShareModelArgs),
     /// Run one party (p0, p1 or dealer) of a secure session over mutual TLS.
     Party(party::PartyArgs),
+    /// Calibrate the FFN self-gate (per-layer thresholds and low-bit scales) on public text.
+    Calibrate(sparsity::CalibrateArgs),
+    /// Train the per-layer MLP sparsity predictor (Deja Vu style) on public text.
+    TrainPredictor(sparsity::TrainPredictorArgs),
 }
 
 fn main() {
@@ -51,6 +58,8 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::ShareModel(args) => party::share_model(args),
         Command::Party(args) => party::party(args),
+        Command::Calibrate(args) => sparsity::calibrate(args),
+        Command::TrainPredictor(args) => sparsity::train_predictor(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

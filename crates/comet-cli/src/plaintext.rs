@@ -59,6 +59,9 @@ pub struct GenerateArgs {
     /// Directory with ca.pem and the client's certificate (with --remote).
     #[arg(long, requires = "remote")]
     pub certs: Option<PathBuf>,
+    /// Secure engine only: FFN sparsity and its gate.
+    #[command(flatten)]
+    pub sparse: crate::sparse_mode::SecureSparsityArgs,
 }
 
 /// Arguments of `comet eval`.
@@ -77,9 +80,9 @@ pub struct EvalArgs {
     /// Secure mode: write the comparison as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// UTF-8 text file to score.
-    #[arg(long, value_name = "FILE")]
-    pub text: PathBuf,
+    /// UTF-8 text file to score (required unless --prompts is given).
+    #[arg(long, value_name = "FILE", required_unless_present = "prompts")]
+    pub text: Option<PathBuf>,
     /// GGUF model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf, or $COMET_MODEL).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -95,6 +98,58 @@ pub struct EvalArgs {
     /// Simulate fixed point with F fractional bits (see `generate --fixed-point`).
     #[arg(long, value_name = "F")]
     pub fixed_point: Option<u32>,
+    /// FFN activation sparsity: `off` or `ffn=F` (F = fraction of neurons skipped per token).
+    #[arg(long, value_name = "SPEC")]
+    pub sparsity: Option<comet_model::SparsitySpec>,
+    /// Which gate picks the kept neurons (plaintext: oracle, self or mlp).
+    #[arg(long, value_enum, default_value_t = crate::sparsity::GateKind::SelfGate)]
+    pub gate: crate::sparsity::GateKind,
+    /// Gate file: a self-gate from `comet calibrate` or a predictor from `comet train-predictor`
+    /// (without it, --gate self is calibrated on the fly from --calib).
+    #[arg(long, value_name = "FILE")]
+    pub gate_file: Option<PathBuf>,
+    /// Self-gate code width when calibrating on the fly (default 6).
+    #[arg(long)]
+    pub bits: Option<u32>,
+    /// Self-gate range margin over the calibrated maximum when calibrating on the fly.
+    #[arg(long, default_value_t = comet_model::sparsity::DEFAULT_MARGIN)]
+    pub margin: f64,
+    /// Self-gate clip quantile when calibrating on the fly (1 = calibrated maximum).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_quantile: f64,
+    /// Neurons per block: blocks of consecutive neurons are kept or skipped together (block
+    /// score = sum of its neurons' scores, per-layer calibrated threshold).
+    #[arg(long, default_value_t = 1)]
+    pub block: usize,
+    /// Public calibration text for thresholds and on-the-fly gates (default: data/calib.txt).
+    #[arg(long, value_name = "FILE", default_value_os_t = crate::sparsity::default_calib())]
+    pub calib: PathBuf,
+    #[command(flatten)]
+    pub calib_pass: crate::sparsity::CalibrationPassArgs,
+    /// Prompts, one per line: the dense model continues each greedily by --gen-tokens tokens and
+    /// the sparse model is scored teacher-forced on them (greedy agreement).
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Greedy dense tokens per prompt (default 32; with --prompts and no --text, --max-tokens
+    /// sets it too).
+    #[arg(long)]
+    pub gen_tokens: Option<usize>,
+    /// Quality curve: every sparsity × gate (oracle, self-gate per code width, the MLP from
+    /// --gate mlp --gate-file) × block size of the grid below.
+    #[arg(long, alias = "curve")]
+    pub quality_curve: bool,
+    /// Write the sparse results (one row per gate) as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Quality-curve sparsities.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.9")]
+    pub curve_sparsities: Vec<f64>,
+    /// Quality-curve self-gate code widths.
+    #[arg(long, value_delimiter = ',', default_value = "4,5,6,7,8")]
+    pub curve_bits: Vec<u32>,
+    /// Quality-curve block sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    pub curve_blocks: Vec<usize>,
 }
 
 /// Arguments of `comet info`.
@@ -109,6 +164,12 @@ pub struct InfoArgs {
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     if !args.plaintext {
         return crate::secure::generate_command(args);
+    }
+    if args.sparse.sparsity.is_sparse() {
+        bail!(
+            "--sparsity applies to the secure engine; for the plaintext sparse model's quality \
+             use `comet eval --plaintext --sparsity ...`"
+        );
     }
     let temperature_ok = args.temperature.is_finite() && args.temperature >= 0.0;
     if !temperature_ok || args.top_p.is_nan() || args.top_p <= 0.0 || args.top_p > 1.0 {
@@ -173,8 +234,11 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 /// `comet eval`: mean negative log-likelihood, perplexity and speed over a text file.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.secure {
+        let text = args
+            .text
+            .context("--secure needs --text FILE (the tokens it runs)")?;
         return crate::secure::eval(crate::secure::SecureEvalOptions {
-            text: args.text,
+            text,
             model: args.model,
             max_tokens: args.max_tokens.unwrap_or(32),
             net: crate::secure::parse_net(&args.net)?,
@@ -184,8 +248,42 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if !args.plaintext {
         bail!("choose --plaintext or --secure");
     }
-    let text = std::fs::read_to_string(&args.text)
-        .with_context(|| format!("reading {}", args.text.display()))?;
+    let sparse = args.sparsity.is_some_and(|s| s.is_sparse());
+    if sparse || args.gate_file.is_some() || args.prompts.is_some() || args.quality_curve {
+        if args.fixed_point.is_some() {
+            bail!("--fixed-point is not supported with sparsity, prompts or the quality curve");
+        }
+        let gen_tokens = args.gen_tokens.unwrap_or(match (&args.text, args.max_tokens) {
+            (None, Some(n)) => n,
+            _ => 32,
+        });
+        return crate::sparsity::sparse_eval(crate::sparsity::SparseEvalOptions {
+            model: args.model,
+            max_tokens: if args.text.is_some() { args.max_tokens } else { None },
+            text: args.text,
+            window: args.window,
+            chunk: args.chunk,
+            sparsity: args.sparsity.and_then(|s| s.ffn),
+            gate: args.gate,
+            gate_file: args.gate_file,
+            bits: args.bits,
+            margin: args.margin,
+            clip_quantile: args.clip_quantile,
+            block: args.block,
+            calib: args.calib,
+            pass: args.calib_pass,
+            prompts: args.prompts,
+            gen_tokens,
+            curve: args.quality_curve,
+            json: args.json,
+            curve_sparsities: args.curve_sparsities,
+            curve_bits: args.curve_bits,
+            curve_blocks: args.curve_blocks,
+        });
+    }
+    let text_path = args.text.context("give --text FILE")?;
+    let text = std::fs::read_to_string(&text_path)
+        .with_context(|| format!("reading {}", text_path.display()))?;
     let (model, tokenizer) = load_with_progress(args.model.as_deref(), args.fixed_point)?;
     let tokens = tokenizer.encode(&text).context("tokenizing the text")?;
     let context = model.config().context_length;
@@ -248,7 +346,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let _ = writeln!(
         report,
         "text:         {} ({} tokens, window {window})",
-        args.text.display(),
+        text_path.display(),
         tokens.len()
     );
     let _ = writeln!(report, "scored:       {scored} tokens");
@@ -336,14 +434,14 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     print_report(&r)
 }
 
-fn model_path(explicit: Option<&Path>) -> PathBuf {
+pub(crate) fn model_path(explicit: Option<&Path>) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
         .unwrap_or_else(comet_model::default_model_path)
 }
 
 /// Loads model and tokenizer with a spinner (loading takes about a second).
-fn load_with_progress(
+pub(crate) fn load_with_progress(
     explicit: Option<&Path>,
     fixed_point: Option<u32>,
 ) -> anyhow::Result<(Model, Tokenizer)> {
@@ -366,7 +464,7 @@ fn load_with_progress(
 }
 
 /// Prints `text` to stdout; a closed pipe (e.g. `comet info | head`) is not an error.
-fn print_report(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print_report(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -375,7 +473,7 @@ fn print_report(text: &str) -> anyhow::Result<()> {
 }
 
 /// −log softmax(logits)[target], computed stably in f64.
-fn negative_log_likelihood(logits: &[f32], target: u32) -> f64 {
+pub(crate) fn negative_log_likelihood(logits: &[f32], target: u32) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let log_sum = logits
         .iter()

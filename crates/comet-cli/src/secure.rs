@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Args;
 use comet_core::FixedPoint;
 use comet_engine::local::{capacity_for, check_capacity, generate as secure_generate};
 use comet_engine::{GenerationReport, LocalDeployment};
 use comet_model::{Model, Sampler, SamplingParams, Tokenizer};
 use comet_net::NetProfile;
 use indicatif::ProgressBar;
+
+use crate::sparse_mode::{ffn_mode, SecureSparsityArgs};
+use comet_engine::sparse::FfnMode;
 
 /// Fractional bits of the secure engine's fixed point (DESIGN.md §3).
 const FRAC_BITS: u32 = 12;
@@ -38,6 +40,8 @@ pub struct SecureGenerateOptions {
     pub report: Option<PathBuf>,
     /// Print the cost table to stderr.
     pub print_table: bool,
+    /// FFN sparsity and its gate.
+    pub sparse: SecureSparsityArgs,
 }
 
 fn spinner(message: String) -> ProgressBar {
@@ -71,7 +75,8 @@ pub fn share_in_process(model: &Model) -> anyhow::Result<LocalDeployment> {
 
 /// `comet generate` without `--plaintext`: streams the securely generated continuation.
 pub fn generate(opts: SecureGenerateOptions) -> anyhow::Result<GenerationReport> {
-    let (model, tokenizer, _) = load_model(opts.model.as_deref())?;
+    let (model, tokenizer, model_path) = load_model(opts.model.as_deref())?;
+    let mode = ffn_mode(&opts.sparse, &model, &model_path, &tokenizer)?;
     let prompt = tokenizer
         .encode(&opts.text)
         .context("tokenizing the prompt")?;
@@ -89,8 +94,11 @@ pub fn generate(opts: SecureGenerateOptions) -> anyhow::Result<GenerationReport>
     let capacity = capacity.min(context);
     check_capacity(model.config(), capacity)?;
     let mut dep = share_in_process(&model)?;
+    if matches!(mode, FfnMode::Sparse(_)) {
+        dep.enable_sparse(&model)?;
+    }
     drop(model);
-    let mut session = dep.session(capacity, opts.net)?;
+    let mut session = dep.session_with(capacity, opts.net, mode)?;
     let mut sampler = Sampler::new(opts.sampling);
     let stops = tokenizer.stop_token_ids();
     let mut streamer = tokenizer.streamer();
@@ -261,62 +269,10 @@ pub fn eval(opts: SecureEvalOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Arguments of `comet bench generate`.
-#[derive(Args, Debug)]
-pub struct BenchGenerateArgs {
-    /// Engine mode; only `dense` exists so far.
-    #[arg(long, default_value = "dense")]
-    pub mode: String,
-    /// Network shaping of every link: none, lan, wan, slow.
-    #[arg(long, default_value = "none")]
-    pub net: String,
-    /// Prompt to generate from.
-    #[arg(long, default_value = "The capital of France is")]
-    pub prompt: String,
-    /// Tokens to generate (the first comes from the prefill, the others are decode steps).
-    #[arg(long, default_value_t = 8)]
-    pub max_tokens: usize,
-    /// GGUF model file.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
 /// Parses a `--net` preset name.
 pub fn parse_net(name: &str) -> anyhow::Result<NetProfile> {
     name.parse::<NetProfile>()
         .map_err(|e| anyhow::anyhow!("--net {name}: {e}"))
-}
-
-/// `comet bench generate`: one secure greedy generation with its cost report.
-pub fn bench_generate(args: BenchGenerateArgs) -> anyhow::Result<()> {
-    if args.mode != "dense" {
-        bail!(
-            "--mode {} is not built yet; only `dense` is available",
-            args.mode
-        );
-    }
-    let net = parse_net(&args.net)?;
-    let report = generate(SecureGenerateOptions {
-        text: args.prompt.clone(),
-        echo: None,
-        model: args.model,
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams::default(),
-        net,
-        net_name: args.net.clone(),
-        report: None,
-        print_table: true,
-    })?;
-    if let Some(path) = &args.json {
-        let mut v = report.to_json();
-        v["mode"] = serde_json::json!(args.mode);
-        v["prompt"] = serde_json::json!(args.prompt);
-        write_json(path, &v)?;
-    }
-    Ok(())
 }
 
 /// The secure branch of `comet generate`.
@@ -357,8 +313,14 @@ pub fn generate_command(args: crate::plaintext::GenerateArgs) -> anyhow::Result<
         net_name: args.net.clone(),
         report: args.report,
         print_table: !args.quiet,
+        sparse: args.sparse,
     };
     if let Some(remote) = args.remote {
+        if options.sparse.sparsity.is_sparse() {
+            bail!(
+                "--sparsity runs in the one-process deployment only; --remote sessions are dense"
+            );
+        }
         let certs = args.certs.context("--remote needs --certs DIR")?;
         let net = options.net;
         return crate::party::remote_generate(

@@ -45,3 +45,121 @@ fn secure_greedy_text_matches_plaintext_on_smollm2() {
         "secure and plaintext greedy continuations differ"
     );
 }
+
+/// The sparse FFN on SmolLM2: secure greedy tokens equal the plaintext model run with the
+/// neurons the servers opened, and those neurons are the plaintext self-gate's choice except
+/// for rounding ties.
+#[test]
+fn secure_sparse_matches_plaintext_with_the_same_masks_on_smollm2() {
+    use comet_engine::sparse::{FfnMode, SparseFfn};
+    use comet_model::sparsity::{CalibrationData, SelfGateOptions};
+    use comet_model::SelfGate;
+    let Some(path) = comet_model::find_default_model() else {
+        eprintln!("skipped: the model is not installed (run scripts/setup)");
+        return;
+    };
+    let (model, tokenizer) = comet_model::load(&path).unwrap();
+    let calib = std::fs::read_to_string(comet_model::repo_root().join("data/calib.txt")).unwrap();
+    let mut calib_tokens = tokenizer.encode(&calib).unwrap();
+    calib_tokens.truncate(512);
+    let data = CalibrationData::collect(&model, &calib_tokens, 256, 512, &mut |_| {}).unwrap();
+    let options = SelfGateOptions {
+        bits: 7,
+        sparsity: 0.5,
+        ..SelfGateOptions::default()
+    };
+    let gate = SelfGate::calibrate(&data, &model, "test", options).unwrap();
+    let sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(12)).unwrap();
+    let mut dep = LocalDeployment::share(&model, FixedPoint::new(12)).unwrap();
+    dep.enable_sparse(&model).unwrap();
+    let prompt = tokenizer.encode("The capital of France is").unwrap();
+    let max_tokens = 3;
+    let mut session = dep
+        .session_with(
+            capacity_for(prompt.len(), max_tokens),
+            NetProfile::none(),
+            FfnMode::Sparse(std::sync::Arc::new(sparse)),
+        )
+        .unwrap();
+    let mut sampler = Sampler::new(SamplingParams::default());
+    let secure = generate(
+        session.client(),
+        &prompt,
+        max_tokens,
+        &mut sampler,
+        &[],
+        "none",
+        |_| Ok(()),
+    )
+    .unwrap();
+    let summaries = session.finish().unwrap();
+    let c = model.config();
+    let perms: Vec<Vec<usize>> = (0..c.n_layers)
+        .map(|l| dep.ffn_permutation(l).unwrap())
+        .collect();
+    // Plaintext with the servers' masks, and the plaintext self-gate's own decisions on it.
+    let mut steps = vec![prompt.clone()];
+    steps.extend(secure.tokens[..max_tokens - 1].iter().map(|t| vec![*t]));
+    let n = c.ffn_dim;
+    let mut cache = model.new_cache();
+    let (mut differ, mut non_ties, mut total) = (0usize, 0usize, 0usize);
+    let mut plain_tokens = Vec::new();
+    for (tokens, masks) in steps.iter().zip(&summaries[0].ffn_masks) {
+        let mut hook = |a: &mut comet_model::FfnActivations<'_>| {
+            let (bits, perm) = (&masks[a.layer], &perms[a.layer]);
+            for t in 0..a.tokens {
+                for (pos, &j) in perm.iter().enumerate() {
+                    let i = t * n + j;
+                    let secure_keep = bits[t * n + pos];
+                    if secure_keep != gate.keep(a.layer, a.gate[i], a.up[i]) {
+                        differ += 1;
+                        // A rounding tie: some code pair the secure stochastic rounding could
+                        // have produced (up or down, with a quarter step for the fixed-point
+                        // error of the secure g and u) decides so.
+                        let q = &gate.layers[a.layer];
+                        let codes = |v: f32, qz: &comet_model::sparsity::Quantizer| {
+                            let y = v as f64 * 2f64.powi(24) * qz.mult as f64
+                                / 2f64.powi(qz.shift as i32);
+                            let m = (1i64 << gate.bits) - 1;
+                            ((y - 0.25).floor() as i64..=(y + 0.25).ceil() as i64)
+                                .map(move |c| (c & m) as u32)
+                        };
+                        let tie = codes(a.gate[i], &q.gate).any(|cg| {
+                            codes(a.up[i], &q.up)
+                                .any(|cu| gate.keep_codes(a.layer, cg, cu) == secure_keep)
+                        });
+                        non_ties += (!tie) as usize;
+                    }
+                    total += 1;
+                    if !secure_keep {
+                        a.hidden[i] = 0.0;
+                    }
+                }
+            }
+        };
+        let logits = model
+            .forward_with(
+                tokens,
+                &mut cache,
+                comet_model::ForwardOptions {
+                    logits: comet_model::LogitsMode::Last,
+                    ffn_hook: Some(&mut hook),
+                },
+            )
+            .unwrap();
+        plain_tokens.push(comet_model::sampling::argmax(&logits) as u32);
+    }
+    eprintln!(
+        "secure {:?} / masked plaintext {:?}; gate decisions differing from the plaintext \
+         self-gate: {differ} of {total}, {non_ties} of them not rounding ties",
+        tokenizer.decode(&secure.tokens).unwrap(),
+        tokenizer.decode(&plain_tokens).unwrap()
+    );
+    assert_eq!(secure.tokens, plain_tokens);
+    // Every difference but a few fixed-point outliers is a rounding tie (the secure gate
+    // rounds stochastically).
+    assert!(
+        (non_ties as f64) < 1e-3 * total as f64,
+        "{non_ties} of {total} decisions differ beyond rounding"
+    );
+}

@@ -216,3 +216,98 @@ fn the_always_active_neuron_lands_on_a_uniform_position() {
         "positions are not uniform: {counts:?} (chi-square {chi2:.1})"
     );
 }
+
+/// Runs `model` in plaintext over `steps` (token lists, one forward call each) with the FFN
+/// neurons masked as the secure servers opened them (mapped back through the dealer's
+/// permutations); returns the last-position logits of every step.
+fn plaintext_with_masks(
+    model: &Model,
+    steps: &[Vec<u32>],
+    masks: &[Vec<Vec<bool>>],
+    perms: &[Vec<usize>],
+) -> Vec<Vec<f32>> {
+    let n = model.config().ffn_dim;
+    let mut cache = model.new_cache();
+    steps
+        .iter()
+        .zip(masks)
+        .map(|(tokens, step_masks)| {
+            let mut hook = |a: &mut comet_model::FfnActivations<'_>| {
+                let (bits, perm) = (&step_masks[a.layer], &perms[a.layer]);
+                for t in 0..a.tokens {
+                    for (pos, &neuron) in perm.iter().enumerate() {
+                        if !bits[t * n + pos] {
+                            a.hidden[t * n + neuron] = 0.0;
+                        }
+                    }
+                }
+            };
+            model
+                .forward_with(
+                    tokens,
+                    &mut cache,
+                    comet_model::ForwardOptions {
+                        logits: comet_model::LogitsMode::Last,
+                        ffn_hook: Some(&mut hook),
+                    },
+                )
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn secure_sparse_equals_plaintext_with_the_same_masks() {
+    let (_dir, model) = tiny_model(13);
+    let mut dep = sparse_deployment(&model, 8);
+    let gate = gate_with_threshold(&model, 6, 0.05);
+    let sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(12)).unwrap();
+    let steps: Vec<Vec<u32>> = vec![vec![4, 8, 15, 16, 23], vec![42], vec![7], vec![19]];
+    let mut session = dep
+        .session_with(8, NetProfile::none(), FfnMode::Sparse(Arc::new(sparse)))
+        .unwrap();
+    let secure: Vec<Vec<f32>> = steps
+        .iter()
+        .map(|s| session.client().step(s, false).unwrap().logits)
+        .collect();
+    let summaries = session.finish().unwrap();
+    let perms: Vec<Vec<usize>> = (0..model.config().n_layers)
+        .map(|l| dep.ffn_permutation(l).unwrap())
+        .collect();
+    let plain = plaintext_with_masks(&model, &steps, &summaries[0].ffn_masks, &perms);
+    let dense = {
+        let mut cache = model.new_cache();
+        steps
+            .iter()
+            .map(|s| model.forward(s, &mut cache).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let mut masked_vs_dense = 0f32;
+    for ((s, p), d) in secure.iter().zip(&plain).zip(&dense) {
+        let scale = p.iter().fold(1f32, |a, v| a.max(v.abs()));
+        let err = s
+            .iter()
+            .zip(p)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            err < 0.01 * scale,
+            "secure vs masked plaintext: {err} (scale {scale})"
+        );
+        assert_eq!(
+            comet_model::sampling::argmax(s),
+            comet_model::sampling::argmax(p)
+        );
+        masked_vs_dense = masked_vs_dense.max(
+            p.iter()
+                .zip(d)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max),
+        );
+    }
+    // The masks matter: the masked model is measurably not the dense one.
+    assert!(
+        masked_vs_dense > 1e-3,
+        "masking changed nothing ({masked_vs_dense})"
+    );
+}

@@ -25,17 +25,24 @@ pub enum LogitsMode {
     All,
 }
 
-/// The feed-forward activations of one block, handed to [`ForwardOptions::ffn_hook`].
+/// The feed-forward activations of one block, handed to [`ForwardOptions::ffn_hook`]. The hook
+/// may change `hidden` (e.g. zero skipped neurons): what it leaves there goes into `w_down`.
 #[derive(Debug)]
 pub struct FfnActivations<'a> {
     /// Block index.
     pub layer: usize,
     /// Tokens in this call (rows of the matrices below).
     pub tokens: usize,
+    /// The normed FFN input `x = RMSNorm(residual)`, `[tokens, d_model]` (what a trained
+    /// sparsity predictor reads).
+    pub input: &'a [f32],
     /// Pre-activation gate values `gate·x`, `[tokens, ffn_dim]`.
     pub gate: &'a [f32],
-    /// Hidden values `SiLU(gate·x) ⊙ (up·x)`, `[tokens, ffn_dim]`, the input of `w_down`.
-    pub hidden: &'a [f32],
+    /// Pre-activation up values `up·x`, `[tokens, ffn_dim]`.
+    pub up: &'a [f32],
+    /// Hidden values `SiLU(gate·x) ⊙ (up·x)`, `[tokens, ffn_dim]`, the input of `w_down`;
+    /// the hook may mask them.
+    pub hidden: &'a mut [f32],
 }
 
 /// Per-call options of [`Model::forward_with`].
@@ -43,8 +50,9 @@ pub struct FfnActivations<'a> {
 pub struct ForwardOptions<'a> {
     /// Positions that get logits.
     pub logits: LogitsMode,
-    /// Called once per block with its feed-forward activations (sparsity statistics).
-    pub ffn_hook: Option<&'a mut dyn FnMut(&FfnActivations<'_>)>,
+    /// Called once per block with its feed-forward activations (sparsity statistics and
+    /// masking of skipped neurons).
+    pub ffn_hook: Option<&'a mut dyn FnMut(&mut FfnActivations<'_>)>,
 }
 
 /// Keys and values of all processed tokens, per block and KV head.
@@ -258,17 +266,19 @@ impl Model {
 
             linalg::rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut normed);
             let [gate, up] = self.linear_many(&normed, t, [&layer.w_gate, &layer.w_up]);
-            let hidden: Vec<f32> = gate
+            let mut hidden: Vec<f32> = gate
                 .iter()
                 .zip(&up)
                 .map(|(g, u)| linalg::silu(*g) * u)
                 .collect();
             if let Some(hook) = options.ffn_hook.as_mut() {
-                hook(&FfnActivations {
+                hook(&mut FfnActivations {
                     layer: l,
                     tokens: t,
+                    input: &normed,
                     gate: &gate,
-                    hidden: &hidden,
+                    up: &up,
+                    hidden: &mut hidden,
                 });
             }
             let down = self.linear(&hidden, t, &layer.w_down);

@@ -460,13 +460,17 @@ fn ffn_hook_sees_every_layer() {
     let (model, tok) = comet_model::load(tiny_default()).unwrap();
     let tokens = tok.encode("in the end").unwrap();
     let mut seen = Vec::new();
-    let mut hook = |a: &FfnActivations<'_>| {
+    let mut hook = |a: &mut FfnActivations<'_>| {
         assert_eq!(a.gate.len(), a.tokens * 96);
-        for (g, h) in a.gate.iter().zip(a.hidden) {
-            // hidden = silu(gate) * up: zero exactly where silu(gate) is zero.
-            if *g == 0.0 {
-                assert_eq!(*h, 0.0);
-            }
+        assert_eq!(a.up.len(), a.tokens * 96);
+        assert_eq!(a.input.len(), a.tokens * 64);
+        for ((g, u), h) in a.gate.iter().zip(a.up).zip(a.hidden.iter()) {
+            // hidden = silu(gate) * up, computed from the very values the hook sees.
+            let silu = g / (1.0 + (-g).exp());
+            assert!(
+                (silu * u - h).abs() <= 1e-6 * (1.0 + h.abs()),
+                "{g} {u} {h}"
+            );
         }
         seen.push((a.layer, a.tokens));
     };
@@ -543,4 +547,52 @@ fn generation_is_greedy_deterministic_and_stops() {
         .0
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn ffn_hook_masks_what_goes_into_down() {
+    let (model, tok) = comet_model::load(tiny_default()).unwrap();
+    let tokens = tok.encode("the other end").unwrap();
+    let vocab = model.config().vocab_size;
+    let run = |mask: &mut dyn FnMut(&mut FfnActivations<'_>)| {
+        let opts = ForwardOptions {
+            logits: LogitsMode::All,
+            ffn_hook: Some(mask),
+        };
+        model
+            .forward_with(&tokens, &mut model.new_cache(), opts)
+            .unwrap()
+    };
+    let dense = model.forward_all(&tokens, &mut model.new_cache()).unwrap();
+    // Keeping every neuron (multiplying by one) is exactly the dense forward.
+    let all_ones = run(&mut |a: &mut FfnActivations<'_>| {
+        for h in a.hidden.iter_mut() {
+            *h *= 1.0;
+        }
+    });
+    assert_eq!(all_ones, dense);
+    // Dropping every neuron equals a model whose down projections are zero.
+    let all_zero = run(&mut |a: &mut FfnActivations<'_>| a.hidden.fill(0.0));
+    let mut weights = model.weights().clone();
+    for layer in &mut weights.layers {
+        layer.w_down.data.fill(0.0);
+    }
+    let no_ffn = comet_model::Model::new(model.config().clone(), weights).unwrap();
+    let reference = no_ffn
+        .forward_all(&tokens, &mut no_ffn.new_cache())
+        .unwrap();
+    assert_eq!(all_zero.len(), tokens.len() * vocab);
+    assert!(common::max_abs_diff(&all_zero, &reference) < 1e-5);
+    assert!(
+        common::max_abs_diff(&all_zero, &dense) > 1e-3,
+        "the FFN matters"
+    );
+    // Masking only layer 1 changes the result less than masking both.
+    let one_layer = run(&mut |a: &mut FfnActivations<'_>| {
+        if a.layer == 1 {
+            a.hidden.fill(0.0)
+        }
+    });
+    assert!(common::max_abs_diff(&one_layer, &dense) > 0.0);
+    assert!(common::max_abs_diff(&one_layer, &reference) > 0.0);
 }

@@ -3,10 +3,13 @@
 //! per (token, neuron) in the session's secret neuron order.
 //!
 //! 1. Local: each server maps its share `v_b` (scale 2f) to `((v_b·mult) mod 2^64) >> shift`
-//!    and keeps `k` bits. The two results add up to `⌊v·mult/2^shift⌋` or one less, mod 2^k:
-//!    the wrap-around of the shares is a multiple of `2^(64−shift)`, which vanishes mod 2^k
-//!    because `shift + k ≤ 64`. So the reduction is free and never fails; its one-step tie is
-//!    the only difference from the plaintext gate.
+//!    and keeps `k` bits; P0 adds one. With `y = v·mult/2^shift` the two results add up to
+//!    `⌊y⌋ + 1 − e` mod 2^k, where the carry `e` of the shares' discarded fractions is 1 with
+//!    probability `1 − frac(y)` over the random shares: stochastic rounding of `y`, unbiased.
+//!    The wrap-around of the shares is a multiple of `2^(64−shift)`, which vanishes mod 2^k
+//!    because `shift + k ≤ 64`. So the reduction is free and never fails; its rounding (up
+//!    or down, where the plaintext gate rounds to nearest) is the only difference from the
+//!    plaintext gate.
 //! 2. Round 1: open `ĝ = g̃ + r_g` and `û = ũ + r_u` (k bits each way per value).
 //! 3. Local: one full-domain DPF evaluation on `2k` bits at `(r_g, r_u)` gives an XOR share of
 //!    `T[ĝ − r_g, û − r_u] = T[g̃, ũ]` for the public decision table `T`.
@@ -76,9 +79,9 @@ impl SelfGateTable {
         row & width_mask(1 << self.bits)
     }
 
-    /// This server's code share of a value at 2f.
-    fn code(share: u64, mult: u64, shift: u32, bits: u32) -> u64 {
-        (share.wrapping_mul(mult) >> shift) & mask_bits(bits)
+    /// This server's code share of a value at 2f (P0's carries the +1 of the rounding).
+    fn code(is_p0: bool, share: u64, mult: u64, shift: u32, bits: u32) -> u64 {
+        ((share.wrapping_mul(mult) >> shift) + is_p0 as u64) & mask_bits(bits)
     }
 
     /// The decision for codes `(g̃, ũ)` (unsigned, mod 2^k).
@@ -107,8 +110,8 @@ fn rotate_right(x: u128, r: u32, width: u32) -> u128 {
 }
 
 /// Ideal functionality: for shares of `g` and `u` (scale 2f, same length), the public bits
-/// `T[g̃_i, ũ_i]` where `g̃ = ⌊g·mult/2^shift⌋ − e_g mod 2^k` (and likewise ũ) with ties
-/// `e ∈ {0, 1}` set by the shares. Two rounds.
+/// `T[g̃_i, ũ_i]` where `g̃ = g·mult/2^shift` rounded up or down (stochastically, by the
+/// shares) mod 2^k, and likewise ũ. Two rounds.
 pub fn self_gate(
     p: &mut Party,
     g: &[u64],
@@ -127,10 +130,11 @@ pub fn self_gate(
         bits: k,
     })?;
     let m = mask_bits(k);
+    let is_p0 = p.is_p0();
     let masked = |x: &[u64], mult, shift, r: &[u64]| -> Vec<u64> {
         x.iter()
             .zip(r)
-            .map(|(v, r)| SelfGateTable::code(*v, mult, shift, k).wrapping_add(*r) & m)
+            .map(|(v, r)| SelfGateTable::code(is_p0, *v, mult, shift, k).wrapping_add(*r) & m)
             .collect()
     };
     let g_hat = masked(g, table.gate_mult, table.gate_shift, &keys.gate_mask);
@@ -219,15 +223,15 @@ mod tests {
             assert_eq!(b0, b1);
             assert_eq!(cost.rounds, 2);
             let code = |s: &[Vec<u64>; 2], i: usize, mult, shift| {
-                (SelfGateTable::code(s[0][i], mult, shift, bits)
-                    + SelfGateTable::code(s[1][i], mult, shift, bits))
+                (SelfGateTable::code(true, s[0][i], mult, shift, bits)
+                    + SelfGateTable::code(false, s[1][i], mult, shift, bits))
                     & mask_bits(bits)
             };
             for i in 0..n {
                 let cg = code(&gs, i, table.gate_mult, table.gate_shift);
                 let cu = code(&us, i, table.up_mult, table.up_shift);
                 assert_eq!(b0[i], table.keeps(cg, cu), "bits {bits}, element {i}");
-                // The local codes are the exact floor or one less.
+                // The local codes are the floor or the floor plus one.
                 let exact = |v: u64, mult: u64, shift: u32| {
                     (((v as i64 as i128 * mult as i128) >> shift) as u64) & mask_bits(bits)
                 };
@@ -236,7 +240,7 @@ mod tests {
                     exact(u[i], table.up_mult, table.up_shift),
                 );
                 for (c, e) in [(cg, eg), (cu, eu)] {
-                    assert!(c == e || c == (e + mask_bits(bits)) & mask_bits(bits));
+                    assert!(c == e || c == (e + 1) & mask_bits(bits));
                 }
             }
         }

@@ -1,0 +1,150 @@
+//! `--sparsity ffn=F --gate self [--gate-file FILE | --bits N --calib FILE]` for the secure
+//! commands: turns the options into the engine's [`FfnMode`], loading a calibrated self-gate
+//! or calibrating one on the fly (cached beside the model, bound to its hash).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use comet_core::FixedPoint;
+use comet_engine::shares::file_sha256;
+use comet_engine::sparse::{FfnMode, SparseFfn};
+use comet_model::sparsity::{CalibrationData, SelfGateOptions};
+use comet_model::{Model, SelfGate, SparsitySpec, Tokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+
+/// Fixed-point fractional bits of the secure engine.
+const FRAC_BITS: u32 = 12;
+
+/// Calibration tokens used when a self-gate is calibrated on the fly.
+const ON_THE_FLY_CALIBRATION_TOKENS: usize = 4096;
+
+/// Sparsity options of the secure commands.
+#[derive(Args, Debug, Clone)]
+pub struct SecureSparsityArgs {
+    /// FFN sparsity: `off` (dense) or `ffn=F`, the fraction of FFN neurons skipped per token.
+    #[arg(long, default_value = "off")]
+    pub sparsity: SparsitySpec,
+    /// Which predictor decides the active neurons: `self` (the layer's own low-bit gate and up
+    /// values). The trained `mlp` predictor is plaintext-only so far (`comet eval --plaintext`).
+    #[arg(long, default_value = "self")]
+    pub gate: String,
+    /// Self-gate file written by `comet calibrate` (bound to the model's hash). Without it the
+    /// gate is calibrated on --calib and cached beside the model.
+    #[arg(long)]
+    pub gate_file: Option<PathBuf>,
+    /// Code width of the self-gate when it is calibrated here (the secure gate takes 2–7).
+    #[arg(long, default_value_t = 6)]
+    pub bits: u32,
+    /// Calibration text for an on-the-fly self-gate (default: the repository's data/calib.txt).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+}
+
+impl SecureSparsityArgs {
+    /// Dense options (for callers without sparsity flags).
+    pub fn dense() -> Self {
+        Self {
+            sparsity: SparsitySpec::off(),
+            gate: "self".into(),
+            gate_file: None,
+            bits: 6,
+            calib: None,
+        }
+    }
+}
+
+/// The repository's calibration text.
+pub fn default_calibration_text() -> PathBuf {
+    comet_model::repo_root().join("data").join("calib.txt")
+}
+
+/// Resolves the options for `model` (loaded from `model_path`) into an engine mode.
+pub fn ffn_mode(
+    args: &SecureSparsityArgs,
+    model: &Model,
+    model_path: &Path,
+    tokenizer: &Tokenizer,
+) -> anyhow::Result<FfnMode> {
+    let Some(sparsity) = args.sparsity.ffn else {
+        return Ok(FfnMode::Dense);
+    };
+    match args.gate.as_str() {
+        "self" => {}
+        "mlp" => bail!(
+            "--gate mlp runs in `comet eval --plaintext` only; the secure engine evaluates the \
+             self-gate (--gate self)"
+        ),
+        other => bail!("--gate {other}: expected `self` or `mlp`"),
+    }
+    let hash = file_sha256(model_path)?;
+    let n_layers = model.config().n_layers;
+    let gate = match &args.gate_file {
+        Some(path) => SelfGate::load(path, &hash, n_layers)?,
+        None => {
+            let cache = model_path.with_file_name(format!(
+                "selfgate-{}-ffn{sparsity}-b{}.json",
+                &hash[..12.min(hash.len())],
+                args.bits
+            ));
+            match SelfGate::load(&cache, &hash, n_layers) {
+                Ok(g) => g,
+                Err(_) => {
+                    let calib = args.calib.clone().unwrap_or_else(default_calibration_text);
+                    let g = calibrate(model, tokenizer, &hash, &calib, sparsity, args.bits)?;
+                    if let Err(e) = g.save(&cache) {
+                        tracing::warn!("cannot cache the self-gate: {e}");
+                    }
+                    g
+                }
+            }
+        }
+    };
+    if (gate.sparsity - sparsity).abs() > 1e-9 {
+        bail!(
+            "the self-gate file was calibrated for sparsity {}, not {sparsity}",
+            gate.sparsity
+        );
+    }
+    let sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(FRAC_BITS))?;
+    Ok(FfnMode::Sparse(Arc::new(sparse)))
+}
+
+/// Calibrates a self-gate on the first tokens of `calib`.
+fn calibrate(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    hash: &str,
+    calib: &Path,
+    sparsity: f64,
+    bits: u32,
+) -> anyhow::Result<SelfGate> {
+    let text = std::fs::read_to_string(calib)
+        .with_context(|| format!("reading the calibration text {}", calib.display()))?;
+    let mut tokens = tokenizer
+        .encode(&text)
+        .context("tokenizing the calibration text")?;
+    tokens.truncate(ON_THE_FLY_CALIBRATION_TOKENS);
+    let bar = ProgressBar::new(tokens.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("calibrating the self-gate {bar:30} {pos}/{len} tokens")
+            .expect("valid template"),
+    );
+    let data = CalibrationData::collect(model, &tokens, 512, 4096, &mut |done| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    let gate = SelfGate::calibrate(
+        &data?,
+        model,
+        hash,
+        SelfGateOptions {
+            bits,
+            sparsity,
+            frac_bits: FRAC_BITS,
+            ..SelfGateOptions::default()
+        },
+    )?;
+    Ok(gate)
+}
