@@ -269,6 +269,107 @@ pub fn eval(opts: SecureEvalOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arguments of `comet eval --secure --prompts FILE`.
+#[derive(Debug, Clone)]
+pub struct SecurePromptsOptions {
+    /// One prompt per line.
+    pub prompts: PathBuf,
+    /// GGUF model file.
+    pub model: Option<PathBuf>,
+    /// New tokens per prompt.
+    pub max_tokens: usize,
+    /// Shaping of every link.
+    pub net: NetProfile,
+    /// JSON output file.
+    pub report: Option<PathBuf>,
+    /// FFN sparsity of the secure run (the reference is always the dense plaintext model).
+    pub sparse: SecureSparsityArgs,
+}
+
+/// `comet eval --secure --prompts FILE`: greedy agreement with the plaintext reference. For
+/// each prompt the plaintext model generates `max_tokens` greedily; the secure engine runs the
+/// prompt and that continuation teacher-forced in one prefill, and each position counts as
+/// agreeing when the secure argmax is the plaintext token (no cascade after one divergence).
+pub fn eval_prompts(opts: SecurePromptsOptions) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&opts.prompts)
+        .with_context(|| format!("reading {}", opts.prompts.display()))?;
+    let prompts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if prompts.is_empty() {
+        bail!("{} has no prompts", opts.prompts.display());
+    }
+    if opts.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    let (model, tokenizer, path) = load_model(opts.model.as_deref())?;
+    let mode = ffn_mode(&opts.sparse, &model, &path, &tokenizer)?;
+    let mut dep = share_in_process(&model)?;
+    if matches!(mode, FfnMode::Sparse(_)) {
+        dep.enable_sparse(&model)?;
+    }
+    let bar = ProgressBar::new(prompts.len() as u64);
+    let (mut agree, mut total) = (0usize, 0usize);
+    let mut per_prompt = Vec::new();
+    for prompt in &prompts {
+        let ids = tokenizer.encode(prompt)?;
+        if ids.is_empty() {
+            bail!("prompt {prompt:?} has no tokens");
+        }
+        let mut sampler = Sampler::new(SamplingParams::default());
+        let (reference, _) =
+            comet_model::generate(&model, &ids, opts.max_tokens, &mut sampler, &[], |_| Ok(()))?;
+        let mut forced = ids.clone();
+        forced.extend_from_slice(&reference[..reference.len() - 1]);
+        check_capacity(model.config(), forced.len())?;
+        let mut session = dep.session_with(forced.len(), opts.net, mode.clone())?;
+        let step = match session.client().step(&forced, true) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = session.abort();
+                bail!("secure run of {prompt:?} failed: {e}");
+            }
+        };
+        session.finish()?;
+        let vocab = model.config().vocab_size;
+        let hits = reference
+            .iter()
+            .enumerate()
+            .filter(|(i, &t)| {
+                let row = ids.len() - 1 + i;
+                comet_model::sampling::argmax(&step.logits[row * vocab..(row + 1) * vocab]) as u32
+                    == t
+            })
+            .count();
+        agree += hits;
+        total += reference.len();
+        per_prompt.push(serde_json::json!({
+            "prompt": prompt, "reference": tokenizer.decode(&reference)?, "agree": hits,
+            "positions": reference.len(),
+        }));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let rate = agree as f64 / total as f64;
+    println!(
+        "greedy agreement (secure {} vs plaintext dense, teacher-forced): {agree}/{total} = {:.2}% over {} prompts × {} tokens",
+        mode.name(),
+        100.0 * rate,
+        prompts.len(),
+        opts.max_tokens
+    );
+    if let Some(path) = &opts.report {
+        write_json(
+            path,
+            &serde_json::json!({"mode": mode.name(), "sparsity": opts.sparse.sparsity.ffn,
+                "agreement": rate, "agree": agree, "positions": total, "prompts": per_prompt}),
+        )?;
+    }
+    Ok(())
+}
+
 /// Parses a `--net` preset name.
 pub fn parse_net(name: &str) -> anyhow::Result<NetProfile> {
     name.parse::<NetProfile>()

@@ -40,6 +40,10 @@ pub struct SecureSparsityArgs {
     /// Calibration text for an on-the-fly self-gate (default: the repository's data/calib.txt).
     #[arg(long)]
     pub calib: Option<PathBuf>,
+    /// Draw a fresh secret neuron order every N steps (each costs the permuted FFN weights
+    /// again offline); by default one order serves the whole session.
+    #[arg(long, value_name = "N")]
+    pub repermute_every: Option<usize>,
 }
 
 impl SecureSparsityArgs {
@@ -51,6 +55,7 @@ impl SecureSparsityArgs {
             gate_file: None,
             bits: 6,
             calib: None,
+            repermute_every: None,
         }
     }
 }
@@ -107,7 +112,11 @@ pub fn ffn_mode(
             gate.sparsity
         );
     }
-    let sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(FRAC_BITS))?;
+    let mut sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(FRAC_BITS))?;
+    if args.repermute_every == Some(0) {
+        bail!("--repermute-every must be at least 1");
+    }
+    sparse.repermute_every = args.repermute_every;
     Ok(FfnMode::Sparse(Arc::new(sparse)))
 }
 

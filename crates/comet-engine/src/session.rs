@@ -82,9 +82,13 @@ pub fn serve_session(
         match serve_step(p, model, &mut cache, &mut ffn, client, &step) {
             Ok(()) => {
                 summary.steps += 1;
-                if let Some(ffn) = &ffn {
-                    if !ffn.last_masks().is_empty() {
-                        summary.ffn_masks.push(ffn.last_masks().to_vec());
+                if let Some(f) = &ffn {
+                    if !f.last_masks().is_empty() {
+                        summary.ffn_masks.push(f.last_masks().to_vec());
+                    }
+                    if f.repermute_due(summary.steps) {
+                        // The next step fetches freshly permuted weights.
+                        ffn = None;
                     }
                 }
             }

@@ -19,6 +19,9 @@ pub struct SparseFfn {
     pub sparsity: f64,
     /// One table per layer.
     pub tables: Vec<SelfGateTable>,
+    /// Draw a fresh neuron permutation (new permuted weights) every this many steps, which
+    /// limits how long the servers can link positions across steps (`None`: once per session).
+    pub repermute_every: Option<usize>,
 }
 
 impl SparseFfn {
@@ -54,6 +57,7 @@ impl SparseFfn {
         Ok(Self {
             sparsity: gate.sparsity,
             tables,
+            repermute_every: None,
         })
     }
 }
@@ -141,6 +145,16 @@ impl FfnSession {
                 .iter()
                 .map(|m| m.iter().filter(|b| **b).count() as u64)
                 .collect(),
+        }
+    }
+
+    /// True when the session's permutation is due to be replaced after `steps` steps.
+    pub fn repermute_due(&self, steps: usize) -> bool {
+        match self {
+            FfnSession::Dense => false,
+            FfnSession::Sparse { gate, .. } => gate
+                .repermute_every
+                .is_some_and(|n| n > 0 && steps > 0 && steps % n == 0),
         }
     }
 

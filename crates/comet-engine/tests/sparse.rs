@@ -80,6 +80,7 @@ fn sparse_with_every_neuron_kept_equals_dense() {
     let rows = |bits: u32| vec![u64::MAX >> (64 - (1u32 << bits).min(64)); 1 << bits];
     let all = SparseFfn {
         sparsity: 0.0,
+        repermute_every: None,
         tables: (0..c.n_layers)
             .map(|_| SelfGateTable {
                 bits: 4,
@@ -309,5 +310,31 @@ fn secure_sparse_equals_plaintext_with_the_same_masks() {
     assert!(
         masked_vs_dense > 1e-3,
         "masking changed nothing ({masked_vs_dense})"
+    );
+}
+
+#[test]
+fn repermuting_every_step_fetches_fresh_weights_each_step() {
+    let (_dir, model) = tiny_model(7);
+    let mut dep = sparse_deployment(&model, 6);
+    let gate = gate_with_threshold(&model, 5, 0.05);
+    let mut sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(12)).unwrap();
+    sparse.repermute_every = Some(1);
+    let mut session = dep
+        .session_with(6, NetProfile::none(), FfnMode::Sparse(Arc::new(sparse)))
+        .unwrap();
+    let mut perms = Vec::new();
+    for tokens in [vec![1u32, 2], vec![3], vec![4]] {
+        let step = session.client().step(&tokens, false).unwrap();
+        assert!(
+            step.costs.setup_offline_bytes > 0,
+            "every step gets new weights"
+        );
+        perms.push(dep.ffn_permutation(0).unwrap());
+    }
+    session.finish().unwrap();
+    assert!(
+        perms[0] != perms[1] || perms[1] != perms[2],
+        "the permutation changes"
     );
 }
