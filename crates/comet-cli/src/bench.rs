@@ -530,15 +530,10 @@ fn cases(prg: &mut Prg) -> Vec<Case> {
         out_frac: 2 * F,
         reference: expected,
         protocol: Box::new(move |p, s| {
-            Ok(nonlinear::norm::rms_norm_matmul(
-                p,
-                &s[0],
-                1,
-                576,
-                1e-5,
-                &[&views[p.id.index()]],
-            )?
-            .swap_remove(0))
+            Ok(
+                nonlinear::norm::rms_norm_matmul(p, &s[0], 1, 576, 1e-5, &[&views[p.id.index()]])?
+                    .swap_remove(0),
+            )
         }),
         dealer,
     });

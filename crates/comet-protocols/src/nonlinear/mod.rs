@@ -49,10 +49,13 @@ pub use exp::{
     exp_neg, exp_neg_scaled, exp_neg_wide, EXP_INDEX_FRAC_BITS, EXP_MIN_INPUT, EXP_WIDE_FRAC,
 };
 pub use gelu::{gelu, gelu_with_bits, GELU_RANGE};
-pub use norm::{layer_norm, rms_norm, NORM_MEAN_SQUARE_RANGE};
+pub use norm::{
+    layer_norm, norm_z_width, rms_norm, rms_norm_fused, rms_norm_matmul, rms_norm_matmul_bits,
+    NORM_MEAN_SQUARE_RANGE,
+};
 pub use reciprocal::reciprocal;
 pub use rsqrt::rsqrt;
-pub use silu::{silu, silu_with_bits, SILU_RANGE};
+pub use silu::{silu, silu_2f, silu_mul_2f, silu_with_bits, SILU_RANGE};
 pub use softmax::{softmax_rows, softmax_rows_masked, softmax_rows_with, SoftmaxOptions};
 pub use spline::HatSpline;
 
