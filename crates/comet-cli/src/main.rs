@@ -6,8 +6,8 @@ mod keys;
 mod party;
 mod plaintext;
 mod secure;
-mod sparsity;
 mod sparse_mode;
+mod sparsity;
 
 use clap::{Parser, Subcommand};
 

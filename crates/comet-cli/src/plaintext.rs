@@ -253,13 +253,19 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         if args.fixed_point.is_some() {
             bail!("--fixed-point is not supported with sparsity, prompts or the quality curve");
         }
-        let gen_tokens = args.gen_tokens.unwrap_or(match (&args.text, args.max_tokens) {
-            (None, Some(n)) => n,
-            _ => 32,
-        });
+        let gen_tokens = args
+            .gen_tokens
+            .unwrap_or(match (&args.text, args.max_tokens) {
+                (None, Some(n)) => n,
+                _ => 32,
+            });
         return crate::sparsity::sparse_eval(crate::sparsity::SparseEvalOptions {
             model: args.model,
-            max_tokens: if args.text.is_some() { args.max_tokens } else { None },
+            max_tokens: if args.text.is_some() {
+                args.max_tokens
+            } else {
+                None
+            },
             text: args.text,
             window: args.window,
             chunk: args.chunk,
