@@ -186,10 +186,13 @@ pub(crate) fn reverse_table(table: &[u64]) -> Vec<u64> {
 /// Most ring values of one window that [`window_table`] evaluates exhaustively.
 const MAX_WINDOW_POINTS: usize = 1 << 13;
 
+/// Points sampled in a wider window.
+const WINDOW_SAMPLES: usize = 1 << 10;
+
 /// Builds the table for `f` on inputs at `in_frac` fractional bits with index shift `s` and
 /// `m` index bits: entry `j mod 2^m` (signed `j`) is the midrange of `f` over the ring values
 /// `j·2^s − (2^s − 1) ..= j·2^s + 2^s − 1` (every one of them for windows of at most 2^13
-/// values, a stride sample with both ends beyond), rounded at `out_frac` bits. Cached per
+/// values, ~2^10 evenly spaced ones with both ends beyond), rounded at `out_frac` bits. Cached per
 /// `(name, in_frac, s, m, out_frac)`.
 pub fn window_table(
     name: &'static str,
@@ -210,10 +213,15 @@ pub fn window_table(
     let half = (size / 2) as i64;
     let step = 1i64 << shift;
     let scale = (in_frac as f64).exp2();
-    // Windows wider than MAX_WINDOW_POINTS ring values (inputs at 2f) are sampled with a
-    // stride, both ends included: the midrange then misses the true extremes by at most
-    // max|f'|·stride/2^in_frac (2^-20·max|f'| for 2^17-value windows at in_frac = 24).
-    let stride = ((2 * step - 1) as usize).div_ceil(MAX_WINDOW_POINTS).max(1);
+    // Windows wider than MAX_WINDOW_POINTS ring values (inputs at 2f) are sampled at
+    // WINDOW_SAMPLES points, both ends included: the midrange then misses the true extremes by
+    // at most max|f'|·stride/2^in_frac (2^-17·max|f'| for 2^17-value windows at in_frac = 24).
+    let points = (2 * step - 1) as usize;
+    let stride = if points > MAX_WINDOW_POINTS {
+        points.div_ceil(WINDOW_SAMPLES)
+    } else {
+        1
+    };
     let mut table = vec![0u64; size];
     let entries: Vec<(usize, u64)> = (-half..half)
         .into_par_iter()
