@@ -8,7 +8,8 @@
 //! * [`lut`]: a **gated lookup table** (2 rounds): opens `x̂ = x + r` once, looks up a table at
 //!   the bits `s..s+m` of `x` with a DPF (fss-notes §4), multiplies by a gate
 //!   `Σ_t w_t·1{x ≥ c_t}` obtained from one DCF key evaluated at several public thresholds,
-//!   and optionally adds a one-round ReLU of `x`. Used by [`silu()`], [`gelu()`], [`exp_neg`].
+//!   and optionally adds a one-round ReLU of `x`. Used by [`gelu()`], [`exp_neg`]; [`silu()`]
+//!   runs a DCF-free variant with narrow openings (masked sign and gate bits, module `silu`).
 //! * [`spline`]: a **hat-basis linear spline** (2 rounds): opens `x̂` once, evaluates
 //!   `ReLU(x − c_k)` at every knot from one ReLU key, combines them into piecewise-linear hat
 //!   functions with power-of-two widths (so every coefficient is an exact integer), and
