@@ -17,7 +17,8 @@ fn main() {
         for _ in 0..2 {
             let x = vec![p.fp.encode(0.5); 576];
             let t = Instant::now();
-            comet_engine::nl::rms_normalize(p, &x, 1, 576, 1e-5).map_err(shape)?;
+            comet_engine::nl::norm_matmul(p, &x, 1, 576, 1e-5, &[&views[p.id.index()]], 64)
+                .map_err(shape)?;
             let a = t.elapsed();
             let s = vec![0u64; 9 * 64];
             let t = Instant::now();
@@ -25,7 +26,7 @@ fn main() {
             let b = t.elapsed();
             let g = vec![0u64; 1536];
             let t = Instant::now();
-            comet_engine::nl::silu(p, &g).map_err(shape)?;
+            comet_engine::nl::silu_mul(p, &g, &g).map_err(shape)?;
             let c = t.elapsed();
             let t = Instant::now();
             arith::matmul_fixed(p, &x, 1, &[&views[p.id.index()]])?;
@@ -36,7 +37,7 @@ fn main() {
     });
     for (a, b, c, d) in r0.unwrap() {
         println!(
-            "rms_normalize {a:?}  softmax(9x64) {b:?}  silu(1536) {c:?}  matmul 576x1536 {d:?}"
+            "norm+matmul 576x1536 {a:?}  softmax(9x64) {b:?}  silu·up(1536) {c:?}  matmul 576x1536 {d:?}"
         );
     }
 }

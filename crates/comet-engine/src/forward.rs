@@ -1,18 +1,20 @@
 //! The secure forward of a llama model on one server (DESIGN.md §6), dense path.
 //!
 //! Scales: activations carry `f` fractional bits; a product of two of them carries `2f`.
-//! Per block: RMSNorm (gain folded into the next weights) → Q/K/V in one opening → RoPE as a
-//! public rotation at `3f` truncated by `2f` in one round (`1/√head_dim` folded into the
-//! query rotation) → one opening of the masked query together with the new key/value rows
-//! (against their fixed row masks) → scores `Q·Kᵀ` locally → truncation → causal softmax →
-//! one opening of the masked probabilities → `P·V` locally at `2f` → `Wo` at `3f` →
-//! truncation by `2f` → residual → RMSNorm → gate/up in one opening → truncation → SiLU →
-//! Beaver product at `2f` → down at `3f` → truncation by `2f` → residual. The LM head's output
-//! stays at `2f` and goes to the client as shares.
+//! Per block: RMSNorm fused with the Q/K/V product (gain folded into the weights; the squares
+//! reuse the product's opening, `nonlinear::rms_norm_matmul`) → RoPE as a public rotation at
+//! `3f` truncated by `2f` in one round (`1/√head_dim` folded into the query rotation) → one
+//! opening of the masked query together with the new key/value rows (against their fixed row
+//! masks) → scores `Q·Kᵀ` locally → truncation → causal softmax → one opening of the masked
+//! probabilities → `P·V` locally at `2f` → `Wo` at `3f` → truncation by `2f` → residual →
+//! RMSNorm fused with gate/up → [sparse: self-gate, see `crate::sparse`] → SiLU(gate)·up from
+//! the untruncated products in two rounds (`nonlinear::silu_mul_2f`) → down at `3f` →
+//! truncation by `2f` → residual. The LM head's output stays at `2f` and goes to the client as
+//! shares.
 //!
-//! Every truncation is the faithful one (`trunc::truncate_faithful`: floor or floor + 1 ulp,
-//! never a wrap-around for |x| < 2^62, DESIGN.md §3): the same online cost as the exact one,
-//! ~30× less dealer material, and one ulp (2^-12) is far below the nonlinear gates' error.
+//! Every truncation is faithful (floor or floor + 1 ulp, never a wrap-around in its range,
+//! DESIGN.md §3) and opens only the ring width its values need (`trunc::truncate_many_narrow`,
+//! widths in `crate::nl`): one ulp (2^-12) is far below the nonlinear gates' error.
 
 use crate::error::{EngineError, Result};
 use crate::kv::{kv_mask_id, LayerKv, SecureKvCache};
@@ -94,12 +96,8 @@ pub fn forward(
     cache.len = start + m;
     let d = c.d_model;
     let last = &x[(m - logits_rows) * d..];
-    let normed = {
-        let _s = p.scope("final.norm");
-        nl::rms_normalize(p, last, logits_rows, d, c.norm_eps)?
-    };
-    let _s = p.scope("lm_head");
-    let logits = fixed_matmul(p, &normed, logits_rows, &[&model.lm_head])?;
+    let _s = p.scope("final.norm");
+    let logits = nl::norm_matmul(p, last, logits_rows, d, c.norm_eps, &[&model.lm_head], 64)?;
     Ok(logits.into_iter().next().expect("one weight"))
 }
 
@@ -121,20 +119,24 @@ fn block(
     let d = c.d_model;
     let t = start + m;
 
-    // Attention.
-    let normed = {
-        let _s = p.scope("attn.norm");
-        nl::rms_normalize(p, x, m, d, c.norm_eps)?
-    };
+    // Attention: RMSNorm fused with the Q/K/V product, whose opening and the RoPE truncation
+    // carry only the bits the values need (`nl::QK_BITS`, `nl::V_BITS`).
     let qkv = {
-        let _s = p.scope("attn.qkv");
-        fixed_matmul(p, &normed, m, &[&w.wq, &w.wk, &w.wv])?
+        let _s = p.scope("attn.norm");
+        nl::norm_matmul(p, x, m, d, c.norm_eps, &[&w.wq, &w.wk, &w.wv], nl::QK_BITS)?
     };
     let q_rot = rope.rotate(&qkv[0], m, c.n_heads, c.head_dim, true);
     let k_rot = rope.rotate(&qkv[1], m, c.n_kv_heads, c.head_dim, false);
     let qkv = {
         let _s = p.scope("attn.rope");
-        trunc::truncate_many_faithful(p, &[(&q_rot, 2 * f), (&k_rot, 2 * f), (&qkv[2], f)])?
+        trunc::truncate_many_narrow(
+            p,
+            &[
+                (&q_rot, 2 * f, nl::QK_BITS),
+                (&k_rot, 2 * f, nl::QK_BITS),
+                (&qkv[2], f, nl::V_BITS),
+            ],
+        )?
     };
     let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
     let params = AttnParams {
@@ -156,7 +158,8 @@ fn block(
         kv.keys_open.extend_from_slice(&opened[1]);
         kv.values_open.extend_from_slice(&opened[2]);
         let raw = attention_scores(p.is_p0(), c, &opened[0], &mask, kv, m, t);
-        trunc::truncate_faithful(p, &raw, f)?
+        let truncated = trunc::truncate_many_narrow(p, &[(&raw, f, nl::SCORE_BITS)])?;
+        truncated.into_iter().next().expect("one part")
     };
     let probs = {
         let _s = p.scope("attn.softmax");
@@ -174,33 +177,30 @@ fn block(
     };
     let out = {
         let _s = p.scope("attn.out");
-        let o = fixed_matmul(p, &attn, m, &[&w.wo])?;
-        trunc::truncate_faithful(p, &o[0], 2 * f)?
+        let o = arith::matmul_fixed_bits(p, &attn, m, &[&w.wo], nl::RESIDUAL_BITS)?;
+        nl::truncate_residual(p, &o[0], 2 * f)?
     };
     ring::add_assign(x, &out);
 
-    // Feed-forward (SwiGLU).
-    let normed = {
-        let _s = p.scope("ffn.norm");
-        nl::rms_normalize(p, x, m, d, c.norm_eps)?
-    };
-    let down = feed_forward(p, model, l, ffn, &normed, m)?;
+    let down = feed_forward(p, model, l, ffn, x, m)?;
     ring::add_assign(x, &down);
     Ok(())
 }
 
-/// The SwiGLU block on the normalised input: gate/up in one opening; in sparse mode the
-/// self-gate's opened bits select the neurons whose truncation, SiLU and product run; down
-/// over the full hidden vector (zeros at skipped neurons, DESIGN.md §7.2), truncated by `2f`.
+/// The SwiGLU block of residual `x`: RMSNorm fused with the gate/up product; in sparse mode
+/// the self-gate's opened bits select the neurons whose SiLU·up runs (truncation folded in);
+/// down over the full hidden vector (zeros at skipped neurons, DESIGN.md §7.2), truncated by
+/// `2f`.
 fn feed_forward(
     p: &mut Party,
     model: &ServerModel,
     l: usize,
     ffn: &mut FfnSession,
-    normed: &[u64],
+    x: &[u64],
     m: usize,
 ) -> Result<Vec<u64>> {
     let f = model.fp.frac_bits;
+    let c = &model.config;
     let w = &model.layers[l];
     let width = m * model.config.ffn_dim;
     let (gate_w, up_w, down_w, sparse_gate) = match ffn {
@@ -217,8 +217,8 @@ fn feed_forward(
         ),
     };
     let gu = {
-        let _s = p.scope("ffn.gate_up");
-        fixed_matmul(p, normed, m, &[gate_w, up_w])?
+        let _s = p.scope("ffn.norm");
+        nl::norm_matmul(p, x, m, c.d_model, c.norm_eps, &[gate_w, up_w], 64)?
     };
     let active: Option<Vec<usize>> = match sparse_gate {
         None => None,
@@ -236,27 +236,17 @@ fn feed_forward(
         None => (gu[0].clone(), gu[1].clone()),
         Some(idx) => (sparse::gather(&gu[0], idx), sparse::gather(&gu[1], idx)),
     };
-    let product = if gate.is_empty() {
-        Vec::new()
-    } else {
-        let gate_up = {
-            let _s = p.scope("ffn.gate_up");
-            trunc::truncate_many_faithful(p, &[(&gate, f), (&up, f)])?
-        };
-        let activated = {
-            let _s = p.scope("ffn.silu");
-            nl::silu(p, &gate_up[0])?
-        };
-        let _s = p.scope("ffn.mul");
-        arith::mul(p, &activated, &gate_up[1])?
+    let product = {
+        let _s = p.scope("ffn.silu_mul");
+        nl::silu_mul(p, &gate, &up)?
     };
     let hidden = match &active {
         None => product,
         Some(idx) => sparse::scatter(width, idx, &product),
     };
     let _s = p.scope("ffn.down");
-    let o = fixed_matmul(p, &hidden, m, &[down_w])?;
-    Ok(trunc::truncate_faithful(p, &o[0], 2 * f)?)
+    let o = arith::matmul_fixed_bits(p, &hidden, m, &[down_w], nl::RESIDUAL_BITS)?;
+    nl::truncate_residual(p, &o[0], 2 * f)
 }
 
 /// Columns `h·hd .. (h+1)·hd` of a `rows × width` matrix.

@@ -1,31 +1,43 @@
 //! The nonlinear steps of a llama block, assembled from the protocol layer's gates with the
-//! ranges SmolLM2 needs (DESIGN.md §3): RMS normalisation (gain folded into the next weights),
-//! causal softmax, SiLU.
+//! ranges SmolLM2 needs (DESIGN.md §3): RMS normalisation fused with the next product (gain
+//! folded into the weights), causal softmax, SiLU·up, and the ring widths each opening needs.
 
 use crate::error::{EngineError, Result};
-use comet_protocols::{nonlinear, Party};
+use comet_dealer::FixedWeight;
+use comet_protocols::{nonlinear, trunc, Party};
 
 /// Value added to the scores of future positions (causal mask) before the softmax: far below
 /// any real score (|score| ≤ 55 on SmolLM2), so its exponential is exactly 0.
 pub const CAUSAL_MASK_OFFSET: f64 = -1024.0;
 
-/// Shares of `x / √(mean(x²) + eps)` per row (`rows × d`, scale f in and out), without the
-/// gain (folded into the following weights). Five rounds (see
-/// `comet_protocols::nonlinear::norm`).
-pub fn rms_normalize(
+/// Shares of `normalize(x)·W_j` (scale `2f`) for every weight `W_j` consuming the RMS-normalised
+/// rows of `x` (`rows × d`, scale f; gains folded into the weights), correct modulo
+/// `2^product_bits` (the consumers reduce to that width first; 64 = exact). Six rounds, three
+/// openings of `d` per row (`comet_protocols::nonlinear::rms_norm_matmul_bits`).
+pub fn norm_matmul(
     p: &mut Party,
     x: &[u64],
     rows: usize,
     d: usize,
     eps: f64,
-) -> Result<Vec<u64>> {
+    weights: &[&FixedWeight],
+    product_bits: u32,
+) -> Result<Vec<Vec<u64>>> {
     if x.len() != rows * d || d == 0 {
         return Err(EngineError::InvalidRequest(format!(
             "RMSNorm of {} values as {rows}x{d}",
             x.len()
         )));
     }
-    Ok(nonlinear::rms_norm(p, x, rows, d, None, eps)?)
+    Ok(nonlinear::norm::rms_norm_matmul_bits(
+        p,
+        x,
+        rows,
+        d,
+        eps,
+        weights,
+        product_bits,
+    )?)
 }
 
 /// Causal softmax of scores laid out `n_heads × m × t` (scale f), where query row `i` sits at
@@ -63,12 +75,43 @@ pub fn causal_softmax(
     Ok(nonlinear::softmax_rows(p, &x, rows, t, None)?)
 }
 
-/// Signed width of the FFN gate values entering SiLU: |x| < 2^(24−2) ring units, i.e. |x| < 1024
-/// at f = 12, twenty times SmolLM2's measured maximum (≈ 49, DESIGN.md §3); a narrower width
-/// shrinks the comparison keys (~23% of SiLU's dealer material).
-pub const SILU_INPUT_BITS: u32 = 24;
+/// Ring width of the queries and keys after RoPE (scale `3f`): |x| < 2^(56−2−36) = 2^18 in
+/// value, four orders of magnitude above SmolLM2's |q| ≤ 20 (DESIGN.md §3); the Q/K/V
+/// product is opened at this width too.
+pub const QK_BITS: u32 = 56;
 
-/// Shares of SiLU(x) (scale f), from the protocol layer's table (|x| < 16, ReLU beyond).
-pub fn silu(p: &mut Party, x: &[u64]) -> Result<Vec<u64>> {
-    Ok(nonlinear::silu_with_bits(p, x, SILU_INPUT_BITS)?)
+/// Ring width of the values before their truncation (scale `2f`): |v| < 2^22.
+pub const V_BITS: u32 = 48;
+
+/// Ring width of the raw attention scores (scale `2f`): |s| < 2^14, SmolLM2's ≤ 55.
+pub const SCORE_BITS: u32 = 40;
+
+/// Ring width of the products added to the residual (`Wo`, down; scale `3f`): |y| < 2^18,
+/// above the residual's largest value 22,550 ≈ 2^14.5. Their input openings and truncations
+/// carry this many bits.
+pub const RESIDUAL_BITS: u32 = 56;
+
+/// Ring width of the FFN gate and up values entering SiLU·up (scale `2f`): |x| < 2^14,
+/// far above SmolLM2's gate ≤ 49 and up ≤ 75.
+pub const GATE_UP_BITS: u32 = 40;
+
+/// Faithful truncation by `shift` of a product added to the residual, at [`RESIDUAL_BITS`].
+pub fn truncate_residual(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
+    let mut out = trunc::truncate_many_narrow(p, &[(x, shift, RESIDUAL_BITS)])?;
+    Ok(out.pop().expect("one part"))
+}
+
+/// Shares of `SiLU(g)·u` at scale `2f` from the untruncated gate and up products (scale `2f`)
+/// in two rounds (`comet_protocols::nonlinear::silu_mul_2f`); empty in, empty out.
+pub fn silu_mul(p: &mut Party, gate: &[u64], up: &[u64]) -> Result<Vec<u64>> {
+    if gate.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(nonlinear::silu::silu_mul_2f(
+        p,
+        gate,
+        up,
+        GATE_UP_BITS,
+        GATE_UP_BITS,
+    )?)
 }

@@ -90,6 +90,24 @@ pub fn matmul_fixed(
     m: usize,
     weights: &[&FixedWeight],
 ) -> Result<Vec<Vec<u64>>, ProtocolError> {
+    matmul_fixed_bits(p, x, m, weights, 64)
+}
+
+/// [`matmul_fixed`] opening `X − A` modulo `2^bits` only (`bits` per element on the wire):
+/// the products are then correct **modulo 2^bits** (garbage above), for consumers that reduce
+/// to that width first, such as a narrow truncation (`trunc::truncate_many_narrow`).
+pub fn matmul_fixed_bits(
+    p: &mut Party,
+    x: &[u64],
+    m: usize,
+    weights: &[&FixedWeight],
+    bits: u32,
+) -> Result<Vec<Vec<u64>>, ProtocolError> {
+    if !(1..=64).contains(&bits) {
+        return Err(ProtocolError::Range(format!(
+            "product opening of {bits} bits (allowed 1..=64)"
+        )));
+    }
     let k = weights
         .first()
         .map(|w| w.k)
@@ -107,7 +125,7 @@ pub fn matmul_fixed(
         weights: weights.iter().map(|w| (w.id, w.n)).collect(),
     };
     let mask: MatmulMask = p.correlation(&params)?;
-    let e = open(p, &ring::sub(x, &mask.a))?;
+    let e = open_bits(p, &ring::sub(x, &mask.a), bits)?;
     let is_p0 = p.is_p0();
     Ok(weights
         .iter()
@@ -204,6 +222,30 @@ mod tests {
         assert_eq!(c0.rounds, 1);
         // Only the activation (m·k ring elements) crosses the wire, never the weights.
         assert_eq!(c0.bytes_sent as usize, 5 + 8 * m * k);
+    }
+
+    #[test]
+    fn narrow_fixed_weight_matmul_is_right_modulo_its_width() {
+        let mut prg = Prg::from_seed([5; 16]);
+        let (m, k, n, bits) = (2, 40, 7, 40);
+        let w = prg.gen_u64s(k * n);
+        let x = prg.gen_u64s(m * k);
+        let xs = share_for_test(&x, &mut prg);
+        let dealer = InProcessDealer::new(Dealer::with_prg(Prg::from_seed([6; 16])));
+        let v = dealer.with(|d| d.register_weight(&w, k, n));
+        let (r0, r1) = run_pair(&dealer, |p| {
+            let i = p.id.index();
+            let y = matmul_fixed_bits(p, &xs[i], m, &[&v[i]], bits)?;
+            Ok((y, p.online_meter().total()))
+        });
+        let ((y0, c0), (y1, _)) = (r0.unwrap(), r1.unwrap());
+        let want = matmul::matmul_naive(&x, &w, m, k, n);
+        let low = ring::mask_bits(bits);
+        let got = reconstruct(&y0[0], &y1[0]);
+        assert!(got.iter().zip(&want).all(|(a, b)| (a ^ b) & low == 0));
+        assert_eq!(c0.bytes_sent as usize, 5 + 5 * m * k, "5 bytes per element");
+        let (r0, _) = run_pair(&dealer, |p| matmul_fixed_bits(p, &xs[0], m, &[&v[0]], 0));
+        assert!(matches!(r0, Err(ProtocolError::Range(_))));
     }
 
     #[test]
