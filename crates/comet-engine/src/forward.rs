@@ -24,20 +24,8 @@ use crate::sparse::{self, FfnSession};
 use comet_core::{matmul, ring, FixedPoint};
 use comet_dealer::kinds::attention::{AttnParams, AttnScoreMask, AttnValueMask};
 use comet_dealer::kinds::matmul::MatmulMask;
-use comet_dealer::FixedWeight;
 use comet_model::LlamaConfig;
 use comet_protocols::{arith, trunc, Party};
-
-/// Shares of `X·W_j` for every weight `W_j` consuming the same input `X` (`m × k`): one
-/// opening of `X − A`, then local products (`comet_protocols::arith::matmul_fixed`).
-pub fn fixed_matmul(
-    p: &mut Party,
-    x: &[u64],
-    m: usize,
-    weights: &[&FixedWeight],
-) -> Result<Vec<Vec<u64>>> {
-    Ok(arith::matmul_fixed(p, x, m, weights)?)
-}
 
 /// The token embedding of `m` tokens from the client's opened one-hots `E = X − A`
 /// (`m × vocab`, X at scale 0), with this server's half of the product mask: shares of the
@@ -381,45 +369,5 @@ impl Rope {
             }
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use comet_core::share::reconstruct;
-    use comet_core::Prg;
-    use comet_dealer::{Dealer, InProcessDealer};
-    use comet_protocols::testing::{run_pair, share_for_test};
-
-    #[test]
-    fn fixed_matmul_matches_plaintext_with_one_opening() {
-        let mut prg = Prg::from_seed([6; 16]);
-        let (m, k, n1, n2) = (2, 9, 5, 3);
-        let (w1, w2, x) = (
-            prg.gen_u64s(k * n1),
-            prg.gen_u64s(k * n2),
-            prg.gen_u64s(m * k),
-        );
-        let xs = share_for_test(&x, &mut prg);
-        let dealer = InProcessDealer::new(Dealer::with_prg(Prg::from_seed([7; 16])));
-        let v1 = dealer.with(|d| d.register_weight(&w1, k, n1));
-        let v2 = dealer.with(|d| d.register_weight(&w2, k, n2));
-        let (r0, r1) = run_pair(&dealer, |p| {
-            let i = p.id.index();
-            let y = fixed_matmul(p, &xs[i], m, &[&v1[i], &v2[i]])
-                .map_err(|e| comet_protocols::ProtocolError::Shape(e.to_string()))?;
-            Ok((y, p.online_meter().total().rounds))
-        });
-        let ((y0, rounds), (y1, _)) = (r0.unwrap(), r1.unwrap());
-        assert_eq!(rounds, 1);
-        assert_eq!(
-            reconstruct(&y0[0], &y1[0]),
-            matmul::matmul_naive(&x, &w1, m, k, n1)
-        );
-        assert_eq!(
-            reconstruct(&y0[1], &y1[1]),
-            matmul::matmul_naive(&x, &w2, m, k, n2)
-        );
     }
 }
