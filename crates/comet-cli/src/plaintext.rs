@@ -234,15 +234,35 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 /// `comet eval`: mean negative log-likelihood, perplexity and speed over a text file.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.secure {
+        let sparse = crate::sparse_mode::SecureSparsityArgs {
+            sparsity: args.sparsity.unwrap_or_default(),
+            gate: args.gate.to_string(),
+            gate_file: args.gate_file,
+            bits: args.bits.unwrap_or(6),
+            calib: Some(args.calib),
+            repermute_every: None,
+        };
+        let net = crate::secure::parse_net(&args.net)?;
+        if let Some(prompts) = args.prompts {
+            return crate::secure::eval_prompts(crate::secure::SecurePromptsOptions {
+                prompts,
+                model: args.model,
+                max_tokens: args.gen_tokens.or(args.max_tokens).unwrap_or(32),
+                net,
+                report: args.report,
+                sparse,
+            });
+        }
         let text = args
             .text
-            .context("--secure needs --text FILE (the tokens it runs)")?;
+            .context("--secure needs --text FILE or --prompts FILE")?;
         return crate::secure::eval(crate::secure::SecureEvalOptions {
             text,
             model: args.model,
             max_tokens: args.max_tokens.unwrap_or(32),
-            net: crate::secure::parse_net(&args.net)?,
+            net,
             report: args.report,
+            sparse,
         });
     }
     if !args.plaintext {

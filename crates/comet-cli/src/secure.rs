@@ -175,6 +175,8 @@ pub struct SecureEvalOptions {
     pub net: NetProfile,
     /// JSON output file.
     pub report: Option<PathBuf>,
+    /// FFN sparsity of the secure run (the reference is always the dense plaintext model).
+    pub sparse: SecureSparsityArgs,
 }
 
 fn log_softmax_nll(row: &[f32], target: u32) -> f64 {
@@ -199,8 +201,12 @@ pub fn eval(opts: SecureEvalOptions) -> anyhow::Result<()> {
     }
     let vocab = model.config().vocab_size;
     let reference = model.forward_all(&tokens, &mut model.new_cache())?;
+    let mode = ffn_mode(&opts.sparse, &model, &path, &tokenizer)?;
     let mut dep = share_in_process(&model)?;
-    let mut session = dep.session(tokens.len(), opts.net)?;
+    if matches!(mode, FfnMode::Sparse(_)) {
+        dep.enable_sparse(&model)?;
+    }
+    let mut session = dep.session_with(tokens.len(), opts.net, mode)?;
     let bar = spinner(format!("secure forward of {} tokens", tokens.len()));
     let step = session.client().step(&tokens, true);
     bar.finish_and_clear();
