@@ -14,11 +14,11 @@
 //! **How.** The dealer draws an index mask r ∈ Z_2^m and a 1-bit early-terminated DPF at r
 //! (key ≈ 16(m − 5) bytes, full-domain evaluation 2^(m−6) AES). The servers open
 //! x̂ = index + r mod 2^m (m bits). Party b expands its point-vector share t_b and computes
-//! `v_b = (−1)^b Σ_i T[x̂ − i]·t_b(i)`. Off the point t_0(i) = t_1(i), so v_0 + v_1 = s·T[x̂ − r]
-//! = s·T[index] with a sign s = ±1 known only to the dealer (which party's bit is 1 at r).
+//! `v_b = (−1)^b Σ_i T[x̂ − i]·t_b(i)`. Off the point t_0(i) = t_1(i), so `v_0 + v_1 = s·T[x̂ − r]
+//! = s·T[index]` with a sign s = ±1 known only to the dealer (which party's bit is 1 at r).
 //! Instead of SIGMA's opened sign bit plus Select, the key carries shares of s, of a random ρ
 //! and of s·ρ: the servers open v̂ = v + ρ (64 bits) and output `s_b·v̂ − (sρ)_b`, whose sum
-//! is s²·T[index] = T[index]. Each table gets its own ρ_j (one DPF serves all tables).
+//! is `s²·T[index] = T[index]`. Each table gets its own ρ_j (one DPF serves all tables).
 //! Cost per element: 2 rounds, m + 64k bits each way, key = DPF(m) + (1 + k) words for P1,
 //! DPF(m) + a shared seed for P0.
 
