@@ -191,8 +191,8 @@ fn feed_forward(
     let c = &model.config;
     let w = &model.layers[l];
     let width = m * model.config.ffn_dim;
-    let (gate_w, up_w, down_w, sparse_gate) = match ffn {
-        FfnSession::Dense => (&w.w_gate, &w.w_up, &w.w_down, None),
+    let (gate_w, up_w, down_w, sparse_gate, product_bits) = match ffn {
+        FfnSession::Dense => (&w.w_gate, &w.w_up, &w.w_down, None, nl::GATE_UP_BITS),
         FfnSession::Sparse {
             gate,
             weights,
@@ -202,11 +202,20 @@ fn feed_forward(
             &weights[l].up,
             &weights[l].down,
             Some((&gate.tables[l], &mut last_masks[l])),
+            gate.product_bits(l),
         ),
     };
     let gu = {
         let _s = p.scope("ffn.norm");
-        nl::norm_matmul(p, x, m, c.d_model, c.norm_eps, &[gate_w, up_w], 64)?
+        nl::norm_matmul(
+            p,
+            x,
+            m,
+            c.d_model,
+            c.norm_eps,
+            &[gate_w, up_w],
+            product_bits,
+        )?
     };
     let active: Option<Vec<usize>> = match sparse_gate {
         None => None,

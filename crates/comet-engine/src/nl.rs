@@ -91,9 +91,13 @@ pub const SCORE_BITS: u32 = 40;
 /// carry this many bits.
 pub const RESIDUAL_BITS: u32 = 56;
 
-/// Ring width of the FFN gate and up values entering SiLU·up (scale `2f`): |x| < 2^14,
-/// far above SmolLM2's gate ≤ 49 and up ≤ 75.
+/// Ring width of the FFN gate and up values entering SiLU·up and of their product's opening
+/// (scale `2f`): |x| < 2^14, far above SmolLM2's up ≤ 75.
 pub const GATE_UP_BITS: u32 = 40;
+
+/// Signed width of the gate values inside SiLU (scale `2f`): |g| < 2^10 = 1024, twenty times
+/// SmolLM2's gate ≤ 49; narrower than [`GATE_UP_BITS`] to shrink SiLU's comparison key.
+pub const GATE_SILU_BITS: u32 = 36;
 
 /// Faithful truncation by `shift` of a product added to the residual, at [`RESIDUAL_BITS`].
 pub fn truncate_residual(p: &mut Party, x: &[u64], shift: u32) -> Result<Vec<u64>> {
@@ -111,7 +115,7 @@ pub fn silu_mul(p: &mut Party, gate: &[u64], up: &[u64]) -> Result<Vec<u64>> {
         p,
         gate,
         up,
-        GATE_UP_BITS,
+        GATE_SILU_BITS,
         GATE_UP_BITS,
     )?)
 }

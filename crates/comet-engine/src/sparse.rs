@@ -25,6 +25,17 @@ pub struct SparseFfn {
 }
 
 impl SparseFfn {
+    /// Ring width the gate/up product must be correct to in layer `l`: the SiLU·up input
+    /// width, and enough for the self-gate's local codes (`shift + bits`), in whole bytes.
+    pub fn product_bits(&self, l: usize) -> u32 {
+        let t = &self.tables[l];
+        (t.gate_shift.max(t.up_shift) + t.bits)
+            .max(crate::nl::GATE_UP_BITS)
+            .div_ceil(8)
+            .saturating_mul(8)
+            .min(64)
+    }
+
     /// Checks that `gate` fits the model and the engine's fixed point, and builds its tables.
     pub fn from_self_gate(gate: &SelfGate, config: &LlamaConfig, fp: FixedPoint) -> Result<Self> {
         gate.validate(config.n_layers)
@@ -154,7 +165,7 @@ impl FfnSession {
             FfnSession::Dense => false,
             FfnSession::Sparse { gate, .. } => gate
                 .repermute_every
-                .is_some_and(|n| n > 0 && steps > 0 && steps % n == 0),
+                .is_some_and(|n| n > 0 && steps > 0 && steps.is_multiple_of(n)),
         }
     }
 
