@@ -20,7 +20,7 @@ use crate::error::{EngineError, Result};
 use crate::kv::{kv_mask_id, LayerKv, SecureKvCache};
 use crate::model::ServerModel;
 use crate::nl;
-use crate::sparse::{self, FfnSession};
+use crate::sparse::{self, FfnSession, SparseGate};
 use comet_core::{matmul, ring, FixedPoint};
 use comet_dealer::kinds::attention::{AttnParams, AttnScoreMask, AttnValueMask};
 use comet_dealer::kinds::matmul::MatmulMask;
@@ -191,46 +191,55 @@ fn feed_forward(
     let c = &model.config;
     let w = &model.layers[l];
     let width = m * model.config.ffn_dim;
-    let (gate_w, up_w, down_w, sparse_gate, product_bits) = match ffn {
-        FfnSession::Dense => (&w.w_gate, &w.w_up, &w.w_down, None, nl::GATE_UP_BITS),
+    let (mut gu, active, down_w) = match ffn {
+        FfnSession::Dense => {
+            let _s = p.scope("ffn.norm");
+            let ws = [&w.w_gate, &w.w_up];
+            let gu = nl::norm_matmul(p, x, m, c.d_model, c.norm_eps, &ws, nl::GATE_UP_BITS)?;
+            (gu, None, &w.w_down)
+        }
         FfnSession::Sparse {
             gate,
             weights,
             last_masks,
-        } => (
-            &weights[l].gate,
-            &weights[l].up,
-            &weights[l].down,
-            Some((&gate.tables[l], &mut last_masks[l])),
-            gate.product_bits(l),
-        ),
-    };
-    let gu = {
-        let _s = p.scope("ffn.norm");
-        nl::norm_matmul(
-            p,
-            x,
-            m,
-            c.d_model,
-            c.norm_eps,
-            &[gate_w, up_w],
-            product_bits,
-        )?
-    };
-    let active: Option<Vec<usize>> = match sparse_gate {
-        None => None,
-        Some((table, mask)) => {
+        } => {
+            let lw = &weights[l];
+            let mut gu = {
+                let _s = p.scope("ffn.norm");
+                let mut ws = vec![&lw.gate, &lw.up];
+                if let (SparseGate::Mlp(_), Some(pr)) = (&gate.gate, &lw.predictor) {
+                    ws.push(&pr.w1);
+                }
+                let bits = gate.product_bits(l);
+                nl::norm_matmul(p, x, m, c.d_model, c.norm_eps, &ws, bits)?
+            };
             let bits = {
                 let _s = p.scope("ffn.gate");
-                comet_protocols::sparse::self_gate(p, &gu[0], &gu[1], table)?
+                match (&gate.gate, &lw.predictor) {
+                    (SparseGate::SelfGate(tables), _) => {
+                        comet_protocols::sparse::self_gate(p, &gu[0], &gu[1], &tables[l])?
+                    }
+                    (SparseGate::Mlp(thresholds), Some(pr)) => {
+                        let hidden_pre = gu.pop().expect("three products");
+                        sparse::mlp_gate(p, &hidden_pre, pr, thresholds[l], m)?
+                    }
+                    (SparseGate::Mlp(_), None) => {
+                        return Err(EngineError::InvalidRequest(
+                            "the MLP gate has no predictor weights".into(),
+                        ))
+                    }
+                }
             };
-            let idx = (0..width).filter(|&i| bits[i]).collect();
-            *mask = bits;
-            Some(idx)
+            let idx: Vec<usize> = (0..width).filter(|&i| bits[i]).collect();
+            last_masks[l] = bits;
+            (gu, Some(idx), &lw.down)
         }
     };
     let (gate, up) = match &active {
-        None => (gu[0].clone(), gu[1].clone()),
+        None => {
+            let up = gu.pop().expect("two products");
+            (gu.pop().expect("two products"), up)
+        }
         Some(idx) => (sparse::gather(&gu[0], idx), sparse::gather(&gu[1], idx)),
     };
     let product = {

@@ -9,6 +9,7 @@ use crate::session::{Client, ServerSummary};
 use crate::sparse::FfnMode;
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{Dealer, InProcessDealer};
+use comet_model::predictor::Predictor;
 use comet_model::{LlamaConfig, Model, Sampler};
 use comet_net::{memory_pair_shaped, NetProfile};
 use std::sync::Arc;
@@ -61,6 +62,16 @@ impl LocalDeployment {
     /// Gives the dealer the model's plaintext FFN weights, which sparse sessions need (the
     /// dealer re-permutes and re-masks them per session, DESIGN.md §7.5).
     pub fn enable_sparse(&mut self, model: &Model) -> Result<()> {
+        self.enable_sparse_with(model, None)
+    }
+
+    /// [`LocalDeployment::enable_sparse`] with a trained predictor the dealer also permutes
+    /// per session (for the MLP gate).
+    pub fn enable_sparse_with(
+        &mut self,
+        model: &Model,
+        predictor: Option<&Predictor>,
+    ) -> Result<()> {
         let c = model.config();
         if c != &self.config {
             return Err(EngineError::ShareMismatch(
@@ -68,7 +79,9 @@ impl LocalDeployment {
             ));
         }
         for l in 0..c.n_layers {
-            let plain = crate::model::plain_ffn(model, self.fp, l);
+            let mut plain = crate::model::plain_ffn(model, self.fp, l);
+            plain.predictor =
+                predictor.map(|pr| crate::model::plain_predictor(model, pr, self.fp, l));
             self.dealer.with(|d| d.insert_plain_ffn(l as u32, plain));
         }
         Ok(())

@@ -9,8 +9,9 @@
 
 use crate::error::{EngineError, Result};
 use comet_core::{FixedPoint, PartyId};
-use comet_dealer::kinds::sparse::PlainFfn;
+use comet_dealer::kinds::sparse::{PlainFfn, PlainPredictor};
 use comet_dealer::{Dealer, FixedWeight};
+use comet_model::predictor::Predictor;
 use comet_model::{LlamaConfig, Matrix, Model};
 use rayon::prelude::*;
 
@@ -146,6 +147,42 @@ pub fn plain_ffn(model: &Model, fp: FixedPoint, layer: usize) -> PlainFfn {
         gate: fixed_point_weight(model, fp, base + 4).0,
         up: fixed_point_weight(model, fp, base + 5).0,
         down: fixed_point_weight(model, fp, base + 6).0,
+        predictor: None,
+    }
+}
+
+/// Layer `layer` of a trained predictor in the dealer's fixed-point form: W1 input-major with
+/// the FFN-norm gain folded in (the predictor reads the normalised input), biases at the
+/// scales of the products they join (`2f` for b1, `3f` for b2).
+pub fn plain_predictor(
+    model: &Model,
+    predictor: &Predictor,
+    fp: FixedPoint,
+    layer: usize,
+) -> PlainPredictor {
+    let (d, h, n) = (predictor.d_model, predictor.hidden, predictor.ffn_dim);
+    let pl = &predictor.layers[layer];
+    let gain = &model.weights().layers[layer].ffn_norm;
+    let f = fp.frac_bits as f64;
+    let at = |v: f64, frac: f64| ((v * frac.exp2()).round() as i64) as u64;
+    let mut w1 = vec![0u64; d * h];
+    for i in 0..d {
+        for k in 0..h {
+            w1[i * h + k] = fp.encode(pl.w1[k * d + i] as f64 * gain[i] as f64);
+        }
+    }
+    let mut w2 = vec![0u64; h * n];
+    for k in 0..h {
+        for j in 0..n {
+            w2[k * n + j] = fp.encode(pl.w2[j * h + k] as f64);
+        }
+    }
+    PlainPredictor {
+        hidden: h,
+        w1,
+        b1: pl.b1.iter().map(|v| at(*v as f64, 2.0 * f)).collect(),
+        w2,
+        b2: pl.b2.iter().map(|v| at(*v as f64, 3.0 * f)).collect(),
     }
 }
 

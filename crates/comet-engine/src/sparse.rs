@@ -6,19 +6,32 @@
 
 use crate::error::{EngineError, Result};
 use comet_core::FixedPoint;
-use comet_dealer::kinds::sparse::{PermutedFfn, PermutedFfnParams, MAX_GATE_BITS};
+use comet_dealer::kinds::sparse::{
+    PermutedFfn, PermutedFfnParams, SessionPredictor, MAX_GATE_BITS,
+};
+use comet_model::predictor::Predictor;
 use comet_model::{LlamaConfig, SelfGate};
 use comet_protocols::sparse::SelfGateTable;
-use comet_protocols::Party;
+use comet_protocols::{arith, compare, Party};
 use std::sync::Arc;
 
-/// A calibrated self-gate converted to the protocol's per-layer tables.
+/// Which predictor decides the active neurons, in the form the servers use.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SparseGate {
+    /// The self-gate: one decision table per layer.
+    SelfGate(Vec<SelfGateTable>),
+    /// The trained MLP predictor (weights and biases come from the dealer per session):
+    /// per layer the logit threshold at scale `3f`.
+    Mlp(Vec<u64>),
+}
+
+/// The sparse FFN's gate and policy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SparseFfn {
     /// The fraction of neurons the thresholds were calibrated to skip.
     pub sparsity: f64,
-    /// One table per layer.
-    pub tables: Vec<SelfGateTable>,
+    /// The per-layer gate.
+    pub gate: SparseGate,
     /// Draw a fresh neuron permutation (new permuted weights) every this many steps, which
     /// limits how long the servers can link positions across steps (`None`: once per session).
     pub repermute_every: Option<usize>,
@@ -28,12 +41,56 @@ impl SparseFfn {
     /// Ring width the gate/up product must be correct to in layer `l`: the SiLU·up input
     /// width, and enough for the self-gate's local codes (`shift + bits`), in whole bytes.
     pub fn product_bits(&self, l: usize) -> u32 {
-        let t = &self.tables[l];
-        (t.gate_shift.max(t.up_shift) + t.bits)
+        let needed = match &self.gate {
+            SparseGate::SelfGate(tables) => {
+                let t = &tables[l];
+                t.gate_shift.max(t.up_shift) + t.bits
+            }
+            SparseGate::Mlp(_) => MLP_BITS,
+        };
+        needed
             .max(crate::nl::GATE_UP_BITS)
             .div_ceil(8)
             .saturating_mul(8)
             .min(64)
+    }
+
+    /// Number of layers the gate covers.
+    pub fn layers(&self) -> usize {
+        match &self.gate {
+            SparseGate::SelfGate(t) => t.len(),
+            SparseGate::Mlp(t) => t.len(),
+        }
+    }
+
+    /// The trained predictor `p` as a secure gate (its weights go to the dealer through
+    /// [`crate::LocalDeployment::enable_sparse_with`]).
+    pub fn from_predictor(p: &Predictor, config: &LlamaConfig, fp: FixedPoint) -> Result<Self> {
+        if p.layers.len() != config.n_layers
+            || p.d_model != config.d_model
+            || p.ffn_dim != config.ffn_dim
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "the predictor is shaped for {} layers of {}→{} neurons, the model has {} of {}→{}",
+                p.layers.len(),
+                p.d_model,
+                p.ffn_dim,
+                config.n_layers,
+                config.d_model,
+                config.ffn_dim
+            )));
+        }
+        let scale = (3.0 * fp.frac_bits as f64).exp2();
+        let thresholds = p
+            .layers
+            .iter()
+            .map(|l| ((l.threshold * scale).round() as i64) as u64)
+            .collect();
+        Ok(Self {
+            sparsity: p.sparsity,
+            gate: SparseGate::Mlp(thresholds),
+            repermute_every: None,
+        })
     }
 
     /// Checks that `gate` fits the model and the engine's fixed point, and builds its tables.
@@ -67,7 +124,7 @@ impl SparseFfn {
             .collect();
         Ok(Self {
             sparsity: gate.sparsity,
-            tables,
+            gate: SparseGate::SelfGate(tables),
             repermute_every: None,
         })
     }
@@ -118,10 +175,10 @@ impl FfnSession {
         match mode {
             FfnMode::Dense => Ok(Self::Dense),
             FfnMode::Sparse(gate) => {
-                if gate.tables.len() != config.n_layers {
+                if gate.layers() != config.n_layers {
                     return Err(EngineError::InvalidRequest(format!(
-                        "sparse FFN tables for {} layers, the model has {}",
-                        gate.tables.len(),
+                        "sparse FFN gate for {} layers, the model has {}",
+                        gate.layers(),
                         config.n_layers
                     )));
                 }
@@ -135,6 +192,11 @@ impl FfnSession {
                                 "layer {l}: permuted FFN of {}×{}, the model needs {}×{}",
                                 w.gate.k, w.gate.n, config.d_model, config.ffn_dim
                             )));
+                        }
+                        if matches!(gate.gate, SparseGate::Mlp(_)) && w.predictor.is_none() {
+                            return Err(EngineError::InvalidRequest(
+                                "the MLP gate needs a dealer that holds the predictor".into(),
+                            ));
                         }
                         Ok(w)
                     })
@@ -176,6 +238,42 @@ impl FfnSession {
             FfnSession::Sparse { last_masks, .. } => last_masks,
         }
     }
+}
+
+/// Ring width of the predictor's hidden pre-activations (scale `2f`) and logits (scale `3f`)
+/// inside its ReLU and comparison: |h| < 2^22, |logit − threshold| < 2^10.
+pub const MLP_BITS: u32 = 48;
+
+/// The MLP gate on shares: `hidden_pre = x·W1` (scale `2f`, from the fused norm product) →
+/// `+ b1` → ReLU → `·W2` (one opening) → `+ b2 − threshold` → DReLU → bits opened. Four
+/// rounds after the product; the outputs are in the session's secret neuron order.
+pub fn mlp_gate(
+    p: &mut Party,
+    hidden_pre: &[u64],
+    predictor: &SessionPredictor,
+    threshold: u64,
+    m: usize,
+) -> Result<Vec<bool>> {
+    let h = predictor.b1.len();
+    let n = predictor.b2.len();
+    let mut x = hidden_pre.to_vec();
+    for row in x.chunks_exact_mut(h) {
+        comet_core::ring::add_assign(row, &predictor.b1);
+    }
+    let hidden = compare::relu(p, &x, MLP_BITS)?;
+    let logits = arith::matmul_fixed_bits(p, &hidden, m, &[&predictor.w2], MLP_BITS)?;
+    let mut z = logits.into_iter().next().expect("one weight");
+    let is_p0 = p.is_p0();
+    for row in z.chunks_exact_mut(n) {
+        comet_core::ring::add_assign(row, &predictor.b2);
+        if is_p0 {
+            row.iter_mut().for_each(|v| *v = v.wrapping_sub(threshold));
+        }
+    }
+    // DReLU(z) = 1{z ≥ 0}; a logit exactly at the threshold is a measure-zero tie.
+    let keep = compare::drelu(p, &z, MLP_BITS)?;
+    let bits = arith::open_bits(p, &keep, 1)?;
+    Ok(bits.into_iter().map(|b| b == 1).collect())
 }
 
 /// The values of `x` at `idx`.

@@ -7,7 +7,7 @@ use comet_core::{FixedPoint, Prg};
 use comet_dealer::kinds::sparse::{PermutedFfn, PermutedFfnParams, PlainFfn};
 use comet_dealer::{Dealer, InProcessDealer};
 use comet_engine::local::{capacity_for, generate};
-use comet_engine::sparse::{FfnMode, SparseFfn};
+use comet_engine::sparse::{FfnMode, SparseFfn, SparseGate};
 use comet_engine::LocalDeployment;
 use comet_model::sparsity::{Quantizer, SelfGateLayer, SELF_GATE_VERSION};
 use comet_model::{Model, Sampler, SamplingParams, SelfGate};
@@ -81,16 +81,18 @@ fn sparse_with_every_neuron_kept_equals_dense() {
     let all = SparseFfn {
         sparsity: 0.0,
         repermute_every: None,
-        tables: (0..c.n_layers)
-            .map(|_| SelfGateTable {
-                bits: 4,
-                gate_mult: 1,
-                gate_shift: 20,
-                up_mult: 1,
-                up_shift: 20,
-                rows: rows(4),
-            })
-            .collect(),
+        gate: SparseGate::SelfGate(
+            (0..c.n_layers)
+                .map(|_| SelfGateTable {
+                    bits: 4,
+                    gate_mult: 1,
+                    gate_shift: 20,
+                    up_mult: 1,
+                    up_shift: 20,
+                    rows: rows(4),
+                })
+                .collect(),
+        ),
     };
     let prompt = [3u32, 14, 15, 9];
     let mut sampler = Sampler::new(SamplingParams::default());
@@ -169,6 +171,7 @@ fn the_always_active_neuron_lands_on_a_uniform_position() {
         gate,
         up,
         down: vec![0; n * d],
+        predictor: None,
     };
     let mut dealer = Dealer::with_prg(Prg::from_seed([17; 16]));
     dealer.insert_plain_ffn(0, plain);
@@ -337,4 +340,106 @@ fn repermuting_every_step_fetches_fresh_weights_each_step() {
         perms[0] != perms[1] || perms[1] != perms[2],
         "the permutation changes"
     );
+}
+
+/// The trained-predictor gate on shares picks the neurons the plaintext predictor picks (up to
+/// logits within fixed-point error of the threshold), and the secure output equals the
+/// plaintext model with those neurons.
+#[test]
+fn secure_mlp_gate_matches_the_plaintext_predictor() {
+    use comet_model::predictor::{Predictor, PredictorLayer};
+    let (_dir, model) = tiny_model(19);
+    let c = model.config().clone();
+    let hidden = 8;
+    let mut prg = Prg::from_seed([44; 16]);
+    let mut uniform = |n: usize, a: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| ((prg.next_u64() % 2001) as f32 / 1000.0 - 1.0) * a)
+            .collect()
+    };
+    let layers = (0..c.n_layers)
+        .map(|_| PredictorLayer {
+            w1: uniform(hidden * c.d_model, 0.5),
+            b1: uniform(hidden, 0.2),
+            w2: uniform(c.ffn_dim * hidden, 0.5),
+            b2: uniform(c.ffn_dim, 0.2),
+            threshold: 0.0,
+        })
+        .collect();
+    let predictor = Predictor {
+        model_sha256: "tiny".into(),
+        d_model: c.d_model,
+        hidden,
+        ffn_dim: c.ffn_dim,
+        sparsity: 0.5,
+        layers,
+    };
+    let mut dep = LocalDeployment::share_with(
+        &model,
+        FixedPoint::new(12),
+        Dealer::with_prg(Prg::from_seed([45; 16])),
+        Prg::from_seed([46; 16]),
+    )
+    .unwrap();
+    dep.enable_sparse_with(&model, Some(&predictor)).unwrap();
+    let sparse = SparseFfn::from_predictor(&predictor, &c, FixedPoint::new(12)).unwrap();
+    let steps: Vec<Vec<u32>> = vec![vec![3, 1, 4, 1, 5], vec![9], vec![2]];
+    let mut session = dep
+        .session_with(8, NetProfile::none(), FfnMode::Sparse(Arc::new(sparse)))
+        .unwrap();
+    let secure: Vec<Vec<f32>> = steps
+        .iter()
+        .map(|s| session.client().step(s, false).unwrap().logits)
+        .collect();
+    let summaries = session.finish().unwrap();
+    let perms: Vec<Vec<usize>> = (0..c.n_layers)
+        .map(|l| dep.ffn_permutation(l).unwrap())
+        .collect();
+    let masks = &summaries[0].ffn_masks;
+    let plain = plaintext_with_masks(&model, &steps, masks, &perms);
+    for (s, p) in secure.iter().zip(&plain) {
+        let scale = p.iter().fold(1f32, |a, v| a.max(v.abs()));
+        let err = s
+            .iter()
+            .zip(p)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 0.01 * scale, "secure vs masked plaintext: {err}");
+    }
+    // The secure decisions are the predictor's on the (masked) plaintext inputs.
+    let n = c.ffn_dim;
+    let (mut differ, mut near, mut total) = (0, 0, 0);
+    let mut cache = model.new_cache();
+    for (tokens, step_masks) in steps.iter().zip(masks) {
+        let mut hook = |a: &mut comet_model::FfnActivations<'_>| {
+            let logits = predictor.logits(a.layer, a.input, a.tokens);
+            let (bits, perm) = (&step_masks[a.layer], &perms[a.layer]);
+            for t in 0..a.tokens {
+                for (pos, &j) in perm.iter().enumerate() {
+                    let z = logits[t * n + j] as f64;
+                    total += 1;
+                    if bits[t * n + pos] != (z > 0.0) {
+                        differ += 1;
+                        near += (z.abs() < 0.05) as usize;
+                    }
+                    if !bits[t * n + pos] {
+                        a.hidden[t * n + j] = 0.0;
+                    }
+                }
+            }
+        };
+        model
+            .forward_with(
+                tokens,
+                &mut cache,
+                comet_model::ForwardOptions {
+                    logits: comet_model::LogitsMode::Last,
+                    ffn_hook: Some(&mut hook),
+                },
+            )
+            .unwrap();
+    }
+    eprintln!("MLP gate: {differ} of {total} decisions differ, {near} of them within 0.05 of the threshold");
+    assert_eq!(differ, near, "every difference is a near-threshold logit");
+    assert!(differ * 50 < total);
 }

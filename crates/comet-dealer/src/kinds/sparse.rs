@@ -139,6 +139,24 @@ pub struct PlainFfn {
     pub up: Vec<u64>,
     /// Down weight, input-major `ffn × d`.
     pub down: Vec<u64>,
+    /// The layer's trained activation predictor, if sessions may use it.
+    pub predictor: Option<PlainPredictor>,
+}
+
+/// A trained predictor `logits = ReLU(x·W1 + b1)·W2 + b2` in fixed point, as the dealer keeps
+/// it: W1 is the same for every session, W2's columns and b2 follow the neuron permutation.
+#[derive(Clone, Debug)]
+pub struct PlainPredictor {
+    /// Hidden width.
+    pub hidden: usize,
+    /// `d × hidden`, input-major, scale f.
+    pub w1: Vec<u64>,
+    /// `hidden`, scale 2f.
+    pub b1: Vec<u64>,
+    /// `hidden × ffn`, input-major, scale f.
+    pub w2: Vec<u64>,
+    /// `ffn`, scale 3f.
+    pub b2: Vec<u64>,
 }
 
 /// The dealer's per-session FFN state: plaintext weights, the current permutation and weight
@@ -146,7 +164,7 @@ pub struct PlainFfn {
 #[derive(Debug, Default)]
 pub struct FfnStore {
     plain: std::collections::HashMap<u32, PlainFfn>,
-    current: std::collections::HashMap<u32, (Vec<usize>, [WeightId; 3])>,
+    current: std::collections::HashMap<u32, (Vec<usize>, Vec<WeightId>)>,
     next_id: u32,
     /// Masks to register once the generation is done.
     pub(crate) pending: Vec<(WeightId, WeightMask)>,
@@ -192,6 +210,21 @@ pub struct PermutedFfn {
     pub up: FixedWeight,
     /// Down weight (`ffn × d`), rows permuted.
     pub down: FixedWeight,
+    /// The predictor under fresh masks, its outputs permuted, when the dealer holds one.
+    pub predictor: Option<SessionPredictor>,
+}
+
+/// A server's view of a layer's predictor for one session.
+#[derive(Clone, Debug)]
+pub struct SessionPredictor {
+    /// `d × hidden`.
+    pub w1: FixedWeight,
+    /// Share of b1 (scale 2f).
+    pub b1: Vec<u64>,
+    /// `hidden × ffn`, columns permuted.
+    pub w2: FixedWeight,
+    /// Share of b2 in the permuted order (scale 3f).
+    pub b2: Vec<u64>,
 }
 
 /// Masks `w` under a fresh mask made of two seeds; returns the dealer's record, `F = W − B`
@@ -253,14 +286,28 @@ impl CorrelationKind for PermutedFfn {
             .iter()
             .flat_map(|&j| plain.down[j * d..(j + 1) * d].iter().copied())
             .collect();
+        let mut matrices = vec![(gate, d, n), (up, d, n), (down, n, d)];
+        let predictor = plain.predictor.as_ref().map(|pr| {
+            let h = pr.hidden;
+            let mut w2 = vec![0u64; h * n];
+            for (dst, src) in w2.chunks_mut(n).zip(pr.w2.chunks(n)) {
+                for (o, &j) in dst.iter_mut().zip(&perm) {
+                    *o = src[j];
+                }
+            }
+            let b2: Vec<u64> = perm.iter().map(|&j| pr.b2[j]).collect();
+            matrices.push((pr.w1.clone(), d, h));
+            matrices.push((w2, h, n));
+            (pr.b1.clone(), b2)
+        });
         let mut halves = [Writer::new(), Writer::new()];
-        let mut ids = [WeightId(0); 3];
-        for (slot, (w, k, cols_n)) in [(gate, d, n), (up, d, n), (down, n, d)]
-            .into_iter()
-            .enumerate()
-        {
+        for half in &mut halves {
+            half.u8(matrices.len() as u8);
+        }
+        let mut ids = Vec::with_capacity(matrices.len());
+        for (w, k, cols_n) in matrices {
             let id = store.fresh_id();
-            ids[slot] = id;
+            ids.push(id);
             let (mask, masked, seeds) = mask_with_seeds(&w, ctx.prg);
             store.pending.push((id, WeightMask { k, n: cols_n, mask }));
             for (half, seed) in halves.iter_mut().zip(&seeds) {
@@ -269,23 +316,36 @@ impl CorrelationKind for PermutedFfn {
                 put_seed(half, seed);
             }
         }
+        if let Some((b1, b2)) = predictor {
+            let biases: Vec<u64> = b1.into_iter().chain(b2).collect();
+            let (seed, share1) = super::share_with_seed(&biases, ctx.prg);
+            put_seed(&mut halves[0], &seed);
+            halves[1].ring(&share1, 64);
+        }
         if let Some((_, old)) = store.current.insert(p.layer, (perm, ids)) {
             store.retired.extend(old);
         }
         Ok(halves.map(Writer::finish))
     }
 
-    fn decode(_party: PartyId, _p: &PermutedFfnParams, bytes: &[u8]) -> Result<Self, DealerError> {
+    fn decode(party: PartyId, _p: &PermutedFfnParams, bytes: &[u8]) -> Result<Self, DealerError> {
         let mut r = Reader::new(bytes);
-        let mut next = || -> Result<FixedWeight, DealerError> {
+        let count = r.u8()?;
+        if count != 3 && count != 5 {
+            return Err(DealerError::Malformed(format!(
+                "{}: {count} matrices (expected 3, or 5 with a predictor)",
+                Self::NAME
+            )));
+        }
+        let next = |r: &mut Reader| -> Result<FixedWeight, DealerError> {
             let id = WeightId(r.u32()?);
             let k = r.u32()? as usize;
             let n = r.u32()? as usize;
             let size = k.checked_mul(n).ok_or_else(|| {
                 DealerError::Malformed(format!("{}: shape {k} × {n}", Self::NAME))
             })?;
-            let masked = get_ring(&mut r, size, Self::NAME)?;
-            let seed = get_seed(&mut r)?;
+            let masked = get_ring(r, size, Self::NAME)?;
+            let seed = get_seed(r)?;
             Ok(FixedWeight {
                 id,
                 k,
@@ -294,7 +354,33 @@ impl CorrelationKind for PermutedFfn {
                 mask_share: expand(&seed, size),
             })
         };
-        let (gate, up, down) = (next()?, next()?, next()?);
+        let (gate, up, down) = (next(&mut r)?, next(&mut r)?, next(&mut r)?);
+        let predictor = if count == 5 {
+            let (w1, w2) = (next(&mut r)?, next(&mut r)?);
+            if w1.k != gate.k || w2.k != w1.n || w2.n != gate.n {
+                return Err(DealerError::Malformed(format!(
+                    "{}: predictor shapes {}×{} and {}×{}",
+                    Self::NAME,
+                    w1.k,
+                    w1.n,
+                    w2.k,
+                    w2.n
+                )));
+            }
+            let len = w1.n + w2.n;
+            let biases = match party {
+                PartyId::P0 => expand(&get_seed(&mut r)?, len),
+                PartyId::P1 => get_ring(&mut r, len, Self::NAME)?,
+            };
+            Some(SessionPredictor {
+                b1: biases[..w1.n].to_vec(),
+                b2: biases[w1.n..].to_vec(),
+                w1,
+                w2,
+            })
+        } else {
+            None
+        };
         r.finish()
             .map_err(|e| DealerError::malformed(Self::NAME, e))?;
         if gate.k != up.k || gate.n != up.n || down.k != gate.n || down.n != gate.k {
@@ -309,7 +395,12 @@ impl CorrelationKind for PermutedFfn {
                 down.n
             )));
         }
-        Ok(PermutedFfn { gate, up, down })
+        Ok(PermutedFfn {
+            gate,
+            up,
+            down,
+            predictor,
+        })
     }
 }
 
@@ -362,6 +453,13 @@ mod tests {
             gate: prg.gen_u64s(dm * n),
             up: prg.gen_u64s(dm * n),
             down: prg.gen_u64s(n * dm),
+            predictor: Some(PlainPredictor {
+                hidden: 2,
+                w1: prg.gen_u64s(dm * 2),
+                b1: prg.gen_u64s(2),
+                w2: prg.gen_u64s(2 * n),
+                b2: prg.gen_u64s(n),
+            }),
         };
         let mut d = Dealer::with_prg(comet_core::Prg::from_seed([6; 16]));
         let params = PermutedFfnParams { layer: 2 };
@@ -398,6 +496,18 @@ mod tests {
                 }
             }
             assert!(d.has_weight(v0.gate.id) && d.has_weight(v0.down.id));
+            let (p0, p1) = (v0.predictor.unwrap(), v1.predictor.unwrap());
+            let pr = plain.predictor.as_ref().unwrap();
+            assert_eq!(w(&p0.w1, &p1.w1), pr.w1);
+            let w2 = w(&p0.w2, &p1.w2);
+            let b2 = reconstruct(&p0.b2, &p1.b2);
+            assert_eq!(reconstruct(&p0.b1, &p1.b1), pr.b1);
+            for (pos, &j) in perm.iter().enumerate() {
+                assert_eq!(b2[pos], pr.b2[j]);
+                for h in 0..2 {
+                    assert_eq!(w2[h * n + pos], pr.w2[h * n + j]);
+                }
+            }
             ids.push(v0.gate.id);
         }
         assert_ne!(ids[0], ids[1]);
