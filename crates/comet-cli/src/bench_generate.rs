@@ -41,6 +41,13 @@ pub struct BenchGenerateArgs {
     /// GGUF model file.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Gate of the sparse mode: `self` or `mlp` (the latter needs --gate-file).
+    #[arg(long, default_value = "self")]
+    pub gate: String,
+    /// Gate files, comma-separated, one per sparsity level (self-gates from `comet calibrate`
+    /// or predictors from `comet train-predictor`); self-gates are calibrated here without it.
+    #[arg(long)]
+    pub gate_file: Option<String>,
     /// Self-gate code width for calibrations made here (2–7).
     #[arg(long, default_value_t = 6)]
     pub bits: u32,
@@ -222,29 +229,42 @@ pub fn run(args: BenchGenerateArgs) -> anyhow::Result<()> {
             c.context_length
         );
     }
+    let gate_files: Vec<Option<PathBuf>> = match &args.gate_file {
+        None => vec![None; levels.len()],
+        Some(list) => {
+            let files: Vec<Option<PathBuf>> = list
+                .split(',')
+                .map(|s| Some(PathBuf::from(s.trim())))
+                .collect();
+            if files.len() != levels.len() {
+                bail!(
+                    "--gate-file gives {} files for {} sparsity levels",
+                    files.len(),
+                    levels.len()
+                );
+            }
+            files
+        }
+    };
+    let mut dep: LocalDeployment = share_in_process(&model)?;
     // Settings: (mode name, sparsity, engine mode).
     let mut settings: Vec<(String, f64, FfnMode)> = Vec::new();
     if modes.iter().any(|m| m == "dense") {
         settings.push(("dense".into(), 0.0, FfnMode::Dense));
     }
     if modes.iter().any(|m| m == "sparse") {
-        for &level in &levels {
+        for (&level, gate_file) in levels.iter().zip(gate_files) {
             let opts = SecureSparsityArgs {
                 sparsity: SparsitySpec { ffn: Some(level) },
+                gate: args.gate.clone(),
+                gate_file,
                 bits: args.bits,
                 calib: args.calib.clone(),
-                ..SecureSparsityArgs::dense()
+                repermute_every: None,
             };
-            settings.push((
-                "sparse".into(),
-                level,
-                ffn_mode(&opts, &model, &path, &tokenizer)?,
-            ));
+            let mode = ffn_mode(&opts, &model, &path, &tokenizer, &mut dep)?;
+            settings.push(("sparse".into(), level, mode));
         }
-    }
-    let mut dep: LocalDeployment = share_in_process(&model)?;
-    if settings.iter().any(|s| matches!(s.2, FfnMode::Sparse(_))) {
-        dep.enable_sparse(&model)?;
     }
     drop(model);
     let neurons = (c.ffn_dim * c.n_layers) as f64;

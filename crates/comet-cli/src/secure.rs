@@ -14,7 +14,6 @@ use comet_net::NetProfile;
 use indicatif::ProgressBar;
 
 use crate::sparse_mode::{ffn_mode, SecureSparsityArgs};
-use comet_engine::sparse::FfnMode;
 
 /// Fractional bits of the secure engine's fixed point (DESIGN.md §3).
 const FRAC_BITS: u32 = 12;
@@ -76,7 +75,6 @@ pub fn share_in_process(model: &Model) -> anyhow::Result<LocalDeployment> {
 /// `comet generate` without `--plaintext`: streams the securely generated continuation.
 pub fn generate(opts: SecureGenerateOptions) -> anyhow::Result<GenerationReport> {
     let (model, tokenizer, model_path) = load_model(opts.model.as_deref())?;
-    let mode = ffn_mode(&opts.sparse, &model, &model_path, &tokenizer)?;
     let prompt = tokenizer
         .encode(&opts.text)
         .context("tokenizing the prompt")?;
@@ -94,9 +92,7 @@ pub fn generate(opts: SecureGenerateOptions) -> anyhow::Result<GenerationReport>
     let capacity = capacity.min(context);
     check_capacity(model.config(), capacity)?;
     let mut dep = share_in_process(&model)?;
-    if matches!(mode, FfnMode::Sparse(_)) {
-        dep.enable_sparse(&model)?;
-    }
+    let mode = ffn_mode(&opts.sparse, &model, &model_path, &tokenizer, &mut dep)?;
     drop(model);
     let mut session = dep.session_with(capacity, opts.net, mode)?;
     let mut sampler = Sampler::new(opts.sampling);
@@ -201,11 +197,8 @@ pub fn eval(opts: SecureEvalOptions) -> anyhow::Result<()> {
     }
     let vocab = model.config().vocab_size;
     let reference = model.forward_all(&tokens, &mut model.new_cache())?;
-    let mode = ffn_mode(&opts.sparse, &model, &path, &tokenizer)?;
     let mut dep = share_in_process(&model)?;
-    if matches!(mode, FfnMode::Sparse(_)) {
-        dep.enable_sparse(&model)?;
-    }
+    let mode = ffn_mode(&opts.sparse, &model, &path, &tokenizer, &mut dep)?;
     let mut session = dep.session_with(tokens.len(), opts.net, mode)?;
     let bar = spinner(format!("secure forward of {} tokens", tokens.len()));
     let step = session.client().step(&tokens, true);
@@ -311,11 +304,8 @@ pub fn eval_prompts(opts: SecurePromptsOptions) -> anyhow::Result<()> {
         bail!("--max-tokens must be at least 1");
     }
     let (model, tokenizer, path) = load_model(opts.model.as_deref())?;
-    let mode = ffn_mode(&opts.sparse, &model, &path, &tokenizer)?;
     let mut dep = share_in_process(&model)?;
-    if matches!(mode, FfnMode::Sparse(_)) {
-        dep.enable_sparse(&model)?;
-    }
+    let mode = ffn_mode(&opts.sparse, &model, &path, &tokenizer, &mut dep)?;
     let bar = ProgressBar::new(prompts.len() as u64);
     let (mut agree, mut total) = (0usize, 0usize);
     let mut per_prompt = Vec::new();

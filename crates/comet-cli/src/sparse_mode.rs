@@ -9,6 +9,8 @@ use clap::Args;
 use comet_core::FixedPoint;
 use comet_engine::shares::file_sha256;
 use comet_engine::sparse::{FfnMode, SparseFfn};
+use comet_engine::LocalDeployment;
+use comet_model::predictor::Predictor;
 use comet_model::sparsity::{CalibrationData, SelfGateOptions};
 use comet_model::{Model, SelfGate, SparsitySpec, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,7 +29,7 @@ pub struct SecureSparsityArgs {
     #[arg(long, default_value = "off")]
     pub sparsity: SparsitySpec,
     /// Which predictor decides the active neurons: `self` (the layer's own low-bit gate and up
-    /// values). The trained `mlp` predictor is plaintext-only so far (`comet eval --plaintext`).
+    /// values) or `mlp` (a trained predictor from `comet train-predictor`, via --gate-file).
     #[arg(long, default_value = "self")]
     pub gate: String,
     /// Self-gate file written by `comet calibrate` (bound to the model's hash). Without it the
@@ -46,45 +48,50 @@ pub struct SecureSparsityArgs {
     pub repermute_every: Option<usize>,
 }
 
-impl SecureSparsityArgs {
-    /// Dense options (for callers without sparsity flags).
-    pub fn dense() -> Self {
-        Self {
-            sparsity: SparsitySpec::off(),
-            gate: "self".into(),
-            gate_file: None,
-            bits: 6,
-            calib: None,
-            repermute_every: None,
-        }
-    }
-}
-
 /// The repository's calibration text.
 pub fn default_calibration_text() -> PathBuf {
     comet_model::repo_root().join("data").join("calib.txt")
 }
 
-/// Resolves the options for `model` (loaded from `model_path`) into an engine mode.
+/// Resolves the options for `model` (loaded from `model_path`) into an engine mode, and gives
+/// the deployment's dealer what sparse sessions need (the plaintext FFN, the predictor).
 pub fn ffn_mode(
     args: &SecureSparsityArgs,
     model: &Model,
     model_path: &Path,
     tokenizer: &Tokenizer,
+    dep: &mut LocalDeployment,
 ) -> anyhow::Result<FfnMode> {
     let Some(sparsity) = args.sparsity.ffn else {
         return Ok(FfnMode::Dense);
     };
-    match args.gate.as_str() {
-        "self" => {}
-        "mlp" => bail!(
-            "--gate mlp runs in `comet eval --plaintext` only; the secure engine evaluates the \
-             self-gate (--gate self)"
-        ),
-        other => bail!("--gate {other}: expected `self` or `mlp`"),
+    if args.repermute_every == Some(0) {
+        bail!("--repermute-every must be at least 1");
     }
     let hash = file_sha256(model_path)?;
-    let n_layers = model.config().n_layers;
+    let c = model.config();
+    let n_layers = c.n_layers;
+    match args.gate.as_str() {
+        "self" => {}
+        "mlp" => {
+            let path = args
+                .gate_file
+                .as_ref()
+                .context("--gate mlp needs --gate-file FILE (from `comet train-predictor`)")?;
+            let predictor = Predictor::load(path, &hash, n_layers, c.d_model, c.ffn_dim)?;
+            if (predictor.sparsity - sparsity).abs() > 1e-9 {
+                bail!(
+                    "the predictor was trained for sparsity {}, not {sparsity}",
+                    predictor.sparsity
+                );
+            }
+            let mut sparse = SparseFfn::from_predictor(&predictor, c, FixedPoint::new(FRAC_BITS))?;
+            sparse.repermute_every = args.repermute_every;
+            dep.enable_sparse_with(model, Some(&predictor))?;
+            return Ok(FfnMode::Sparse(Arc::new(sparse)));
+        }
+        other => bail!("--gate {other}: the secure engine takes `self` or `mlp`"),
+    }
     let gate = match &args.gate_file {
         Some(path) => SelfGate::load(path, &hash, n_layers)?,
         None => {
@@ -113,10 +120,8 @@ pub fn ffn_mode(
         );
     }
     let mut sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(FRAC_BITS))?;
-    if args.repermute_every == Some(0) {
-        bail!("--repermute-every must be at least 1");
-    }
     sparse.repermute_every = args.repermute_every;
+    dep.enable_sparse(model)?;
     Ok(FfnMode::Sparse(Arc::new(sparse)))
 }
 

@@ -437,6 +437,9 @@ struct SparseRow {
     recall: f64,
     precision: f64,
     gate_bytes_per_token_layer: Option<usize>,
+    /// Per-layer counts on the text (or the prompts when there is no text).
+    #[serde(skip)]
+    layer_stats: Vec<GateStats>,
 }
 
 /// Teacher-forced pass over the windows: (NLL sum, argmax per scored position).
@@ -618,16 +621,17 @@ fn measure(
         text_agreement = Some(same as f64 / n);
     }
     let text_stats = sparse.total();
+    let text_layers = sparse.stats.clone();
     let mut prompt_agreement_value = None;
     if !dense.prompts.is_empty() {
         let (agree, total) = prompt_agreement(model, &dense.prompts, &mut sparse)?;
         prompt_agreement_value = Some(agree as f64 / total.max(1) as f64);
     }
     // Kept fraction and recall on the text when there is one, else on the prompts.
-    let stats = if text_stats.entries > 0 {
-        text_stats
+    let (stats, layer_stats) = if text_stats.entries > 0 {
+        (text_stats, text_layers)
     } else {
-        sparse.total()
+        (sparse.total(), sparse.stats.clone())
     };
     Ok(SparseRow {
         gate: kind,
@@ -642,6 +646,7 @@ fn measure(
         recall: stats.recall(),
         precision: stats.precision(),
         gate_bytes_per_token_layer: cost,
+        layer_stats,
     })
 }
 
@@ -817,6 +822,10 @@ pub fn sparse_eval(options: SparseEvalOptions) -> anyhow::Result<()> {
             cost,
         )?]
     };
+    if let [only] = rows.as_slice() {
+        let _ = writeln!(report, "per layer, on the scored tokens:");
+        report += &layer_table(&only.layer_stats, "", &|_| String::new());
+    }
     let _ = writeln!(report, "{ROW_HEADER}");
     for r in &rows {
         let _ = writeln!(report, "{}", row_line(r));
