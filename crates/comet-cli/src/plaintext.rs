@@ -108,7 +108,7 @@ pub struct EvalArgs {
     /// (without it, --gate self is calibrated on the fly from --calib).
     #[arg(long, value_name = "FILE")]
     pub gate_file: Option<PathBuf>,
-    /// Self-gate code width when calibrating on the fly (default 6).
+    /// Self-gate code width when calibrating on the fly (default 8).
     #[arg(long)]
     pub bits: Option<u32>,
     /// Self-gate range margin over the calibrated maximum when calibrating on the fly.
