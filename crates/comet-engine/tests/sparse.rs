@@ -221,6 +221,10 @@ fn the_always_active_neuron_lands_on_a_uniform_position() {
     );
 }
 
+/// What a masked plaintext step shows an observer: one block's activations (before masking),
+/// the servers' opened bits for it and the layer's permutation.
+type Observer<'o> = dyn FnMut(&comet_model::FfnActivations<'_>, &[bool], &[usize]) + 'o;
+
 /// Runs `model` in plaintext over `steps` (token lists, one forward call each) with the FFN
 /// neurons masked as the secure servers opened them (mapped back through the dealer's
 /// permutations); returns the last-position logits of every step.
@@ -229,6 +233,7 @@ fn plaintext_with_masks(
     steps: &[Vec<u32>],
     masks: &[Vec<Vec<bool>>],
     perms: &[Vec<usize>],
+    observe: &mut Observer<'_>,
 ) -> Vec<Vec<f32>> {
     let n = model.config().ffn_dim;
     let mut cache = model.new_cache();
@@ -238,6 +243,7 @@ fn plaintext_with_masks(
         .map(|(tokens, step_masks)| {
             let mut hook = |a: &mut comet_model::FfnActivations<'_>| {
                 let (bits, perm) = (&step_masks[a.layer], &perms[a.layer]);
+                observe(a, bits, perm);
                 for t in 0..a.tokens {
                     for (pos, &neuron) in perm.iter().enumerate() {
                         if !bits[t * n + pos] {
@@ -260,6 +266,26 @@ fn plaintext_with_masks(
         .collect()
 }
 
+/// Every secure logit row is within 1% of the masked plaintext row's scale.
+fn assert_close(secure: &[Vec<f32>], plain: &[Vec<f32>]) {
+    for (s, p) in secure.iter().zip(plain) {
+        let scale = p.iter().fold(1f32, |a, v| a.max(v.abs()));
+        let err = s
+            .iter()
+            .zip(p)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            err < 0.01 * scale,
+            "secure vs masked plaintext: {err} (scale {scale})"
+        );
+        assert_eq!(
+            comet_model::sampling::argmax(s),
+            comet_model::sampling::argmax(p)
+        );
+    }
+}
+
 #[test]
 fn secure_sparse_equals_plaintext_with_the_same_masks() {
     let (_dir, model) = tiny_model(13);
@@ -278,7 +304,14 @@ fn secure_sparse_equals_plaintext_with_the_same_masks() {
     let perms: Vec<Vec<usize>> = (0..model.config().n_layers)
         .map(|l| dep.ffn_permutation(l).unwrap())
         .collect();
-    let plain = plaintext_with_masks(&model, &steps, &summaries[0].ffn_masks, &perms);
+    let plain = plaintext_with_masks(
+        &model,
+        &steps,
+        &summaries[0].ffn_masks,
+        &perms,
+        &mut |_, _, _| {},
+    );
+    assert_close(&secure, &plain);
     let dense = {
         let mut cache = model.new_cache();
         steps
@@ -286,29 +319,11 @@ fn secure_sparse_equals_plaintext_with_the_same_masks() {
             .map(|s| model.forward(s, &mut cache).unwrap())
             .collect::<Vec<_>>()
     };
-    let mut masked_vs_dense = 0f32;
-    for ((s, p), d) in secure.iter().zip(&plain).zip(&dense) {
-        let scale = p.iter().fold(1f32, |a, v| a.max(v.abs()));
-        let err = s
-            .iter()
-            .zip(p)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(
-            err < 0.01 * scale,
-            "secure vs masked plaintext: {err} (scale {scale})"
-        );
-        assert_eq!(
-            comet_model::sampling::argmax(s),
-            comet_model::sampling::argmax(p)
-        );
-        masked_vs_dense = masked_vs_dense.max(
-            p.iter()
-                .zip(d)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max),
-        );
-    }
+    let masked_vs_dense = plain
+        .iter()
+        .zip(&dense)
+        .flat_map(|(p, d)| p.iter().zip(d).map(|(a, b)| (a - b).abs()))
+        .fold(0.0, f32::max);
     // The masks matter: the masked model is measurably not the dense one.
     assert!(
         masked_vs_dense > 1e-3,
@@ -396,49 +411,24 @@ fn secure_mlp_gate_matches_the_plaintext_predictor() {
         .map(|l| dep.ffn_permutation(l).unwrap())
         .collect();
     let masks = &summaries[0].ffn_masks;
-    let plain = plaintext_with_masks(&model, &steps, masks, &perms);
-    for (s, p) in secure.iter().zip(&plain) {
-        let scale = p.iter().fold(1f32, |a, v| a.max(v.abs()));
-        let err = s
-            .iter()
-            .zip(p)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(err < 0.01 * scale, "secure vs masked plaintext: {err}");
-    }
     // The secure decisions are the predictor's on the (masked) plaintext inputs.
     let n = c.ffn_dim;
     let (mut differ, mut near, mut total) = (0, 0, 0);
-    let mut cache = model.new_cache();
-    for (tokens, step_masks) in steps.iter().zip(masks) {
-        let mut hook = |a: &mut comet_model::FfnActivations<'_>| {
-            let logits = predictor.logits(a.layer, a.input, a.tokens);
-            let (bits, perm) = (&step_masks[a.layer], &perms[a.layer]);
-            for t in 0..a.tokens {
-                for (pos, &j) in perm.iter().enumerate() {
-                    let z = logits[t * n + j] as f64;
-                    total += 1;
-                    if bits[t * n + pos] != (z > 0.0) {
-                        differ += 1;
-                        near += (z.abs() < 0.05) as usize;
-                    }
-                    if !bits[t * n + pos] {
-                        a.hidden[t * n + j] = 0.0;
-                    }
+    let mut observe = |a: &comet_model::FfnActivations<'_>, bits: &[bool], perm: &[usize]| {
+        let logits = predictor.logits(a.layer, a.input, a.tokens);
+        for t in 0..a.tokens {
+            for (pos, &j) in perm.iter().enumerate() {
+                let z = logits[t * n + j] as f64;
+                total += 1;
+                if bits[t * n + pos] != (z > 0.0) {
+                    differ += 1;
+                    near += (z.abs() < 0.05) as usize;
                 }
             }
-        };
-        model
-            .forward_with(
-                tokens,
-                &mut cache,
-                comet_model::ForwardOptions {
-                    logits: comet_model::LogitsMode::Last,
-                    ffn_hook: Some(&mut hook),
-                },
-            )
-            .unwrap();
-    }
+        }
+    };
+    let plain = plaintext_with_masks(&model, &steps, masks, &perms, &mut observe);
+    assert_close(&secure, &plain);
     eprintln!("MLP gate: {differ} of {total} decisions differ, {near} of them within 0.05 of the threshold");
     assert_eq!(differ, near, "every difference is a near-threshold logit");
     assert!(differ * 50 < total);

@@ -40,12 +40,11 @@
 use super::rsqrt::rsqrt_spline;
 use super::spline::HatSpline;
 use super::{add_public_vec, encode_at};
-use crate::arith::{mul, open, open_bits, product_after_opening};
+use crate::arith::{matmul_fixed_bits, mul, open};
 use crate::error::check_len;
 use crate::trunc::{truncate, truncate_many_narrow};
 use crate::{Party, ProtocolError};
 use comet_core::ring;
-use comet_dealer::kinds::matmul::{MatmulMask, MatmulParams};
 use comet_dealer::kinds::norm::{NormMask, NormParams};
 use comet_dealer::FixedWeight;
 
@@ -223,18 +222,7 @@ pub fn rms_norm_matmul_bits(
         return Ok(weights.iter().map(|_| Vec::new()).collect());
     }
     let _scope = p.scope("norm_matmul.product");
-    let mask: MatmulMask = p.correlation(&MatmulParams {
-        m: rows,
-        k: d,
-        weights: weights.iter().map(|w| (w.id, w.n)).collect(),
-    })?;
-    let e = open_bits(p, &ring::sub(&normed, &mask.a), product_bits)?;
-    let is_p0 = p.is_p0();
-    Ok(weights
-        .iter()
-        .zip(&mask.c)
-        .map(|(w, c)| product_after_opening(is_p0, &e, &mask.a, c, w, rows))
-        .collect())
+    matmul_fixed_bits(p, &normed, rows, weights, product_bits)
 }
 
 /// Ideal functionality: shares of `x / √(mean(x²) + eps)` per row (scale f in and out), by
