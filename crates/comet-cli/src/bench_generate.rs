@@ -49,7 +49,7 @@ pub struct BenchGenerateArgs {
     #[arg(long)]
     pub gate_file: Option<String>,
     /// Self-gate code width for calibrations made here (2–7).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 7)]
     pub bits: u32,
     /// Calibration text for the self-gates (default: data/calib.txt).
     #[arg(long)]
