@@ -48,8 +48,8 @@ pub struct BenchGenerateArgs {
     /// or predictors from `comet train-predictor`); self-gates are calibrated here without it.
     #[arg(long)]
     pub gate_file: Option<String>,
-    /// Self-gate code width for calibrations made here (2–7).
-    #[arg(long, default_value_t = 7)]
+    /// Self-gate code width for calibrations made here (2–8).
+    #[arg(long, default_value_t = 8)]
     pub bits: u32,
     /// Calibration text for the self-gates (default: data/calib.txt).
     #[arg(long)]

@@ -19,8 +19,11 @@ use std::sync::Arc;
 /// Fixed-point fractional bits of the secure engine.
 const FRAC_BITS: u32 = 12;
 
-/// Quantile of |gate| and |up| the on-the-fly self-gate's range covers.
-const ON_THE_FLY_CLIP_QUANTILE: f64 = 0.999;
+/// Quantile of |gate| and |up| the on-the-fly self-gate's range covers (1 = the maximum,
+/// times the default margin): at 8 bits the maximum's range measured best (BENCHMARKS.md,
+/// "Sparsity: plaintext quality": +4.6% perplexity at 50%, against +6.7% for the 99.9th
+/// percentile, whose wrapped outliers are the largest activations).
+const ON_THE_FLY_CLIP_QUANTILE: f64 = 1.0;
 
 /// Calibration tokens used when a self-gate is calibrated on the fly.
 const ON_THE_FLY_CALIBRATION_TOKENS: usize = 4096;
@@ -39,8 +42,8 @@ pub struct SecureSparsityArgs {
     /// gate is calibrated on --calib and cached beside the model.
     #[arg(long)]
     pub gate_file: Option<PathBuf>,
-    /// Code width of the self-gate when it is calibrated here (the secure gate takes 2–7).
-    #[arg(long, default_value_t = 7)]
+    /// Code width of the self-gate when it is calibrated here (the secure gate takes 2–8).
+    #[arg(long, default_value_t = 8)]
     pub bits: u32,
     /// Calibration text for an on-the-fly self-gate (default: the repository's data/calib.txt).
     #[arg(long)]
@@ -160,8 +163,6 @@ fn calibrate(
             bits,
             sparsity,
             frac_bits: FRAC_BITS,
-            // At 7 bits the range of the 99.9th percentile beats the maximum's (BENCHMARKS.md,
-            // "Sparsity: plaintext quality"): +6.5% against +17% perplexity at 50%.
             clip_quantile: ON_THE_FLY_CLIP_QUANTILE,
             ..SelfGateOptions::default()
         },

@@ -17,6 +17,8 @@
 //!
 //! Online: `2k` bits plus 1 bit per element each way, two rounds. Offline: one `2k`-bit DPF
 //! key per element (a truth table up to 2k = 7, ≈ 16·(2k − 5) bytes above) plus two seeds.
+//! Local work per element: a full-domain evaluation of the 2k-bit DPF (2^(2k−6) − 2 AES
+//! calls, 1,022 at k = 8) and 2^k row rotations of 2^k bits.
 
 use crate::arith::{open_bits, open_many};
 use crate::error::check_len;
@@ -29,7 +31,7 @@ use rayon::prelude::*;
 /// A layer's public self-gate: the two quantizers and the decision table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SelfGateTable {
-    /// Code width k of g̃ and ũ (1..=7).
+    /// Code width k of g̃ and ũ (1..=8).
     pub bits: u32,
     /// Gate quantizer: `g̃ = ⌊g·gate_mult / 2^gate_shift⌋ mod 2^k` for g at 2f.
     pub gate_mult: u64,
@@ -68,15 +70,10 @@ impl SelfGateTable {
         ((1usize << self.bits) / 64).max(1)
     }
 
-    /// Row `a` as a `2^k`-bit integer.
-    fn row(&self, a: usize) -> u128 {
+    /// Row `a` as a `2^k`-bit vector.
+    fn row(&self, a: usize) -> Row {
         let w = self.row_words();
-        let words = &self.rows[a * w..(a + 1) * w];
-        let mut row = words[0] as u128;
-        if w == 2 {
-            row |= (words[1] as u128) << 64;
-        }
-        row & width_mask(1 << self.bits)
+        bits_from_words(&self.rows[a * w..(a + 1) * w], 0, 1 << self.bits)
     }
 
     /// This server's code share of a value at 2f (P0's carries the +1 of the rounding).
@@ -86,8 +83,15 @@ impl SelfGateTable {
 
     /// The decision for codes `(g̃, ũ)` (unsigned, mod 2^k).
     pub fn keeps(&self, g_code: u64, u_code: u64) -> bool {
-        self.row(g_code as usize) >> u_code & 1 == 1
+        bit(&self.row(g_code as usize), u_code as usize)
     }
+}
+
+/// A bit vector of up to 256 bits (one table or DPF row), bit `c` in word `c / 128`.
+type Row = [u128; 2];
+
+fn bit(x: &Row, c: usize) -> bool {
+    x[c / 128] >> (c % 128) & 1 == 1
 }
 
 fn width_mask(width: u32) -> u128 {
@@ -98,15 +102,46 @@ fn width_mask(width: u32) -> u128 {
     }
 }
 
-/// Rotates a `width`-bit vector right by `r` (bit `c + r` moves to `c`).
-fn rotate_right(x: u128, r: u32, width: u32) -> u128 {
-    if r == 0 {
-        x
-    } else if width == 128 {
-        x.rotate_right(r)
-    } else {
-        ((x >> r) | (x << (width - r))) & width_mask(width)
+/// Bits `start .. start + width` of a little-endian word array (`width` a power of two; rows
+/// of 64 bits or more start on a word boundary).
+fn bits_from_words(words: &[u64], start: usize, width: u32) -> Row {
+    if width < 64 {
+        let w = (words[start / 64] >> (start % 64)) as u128;
+        return [w & width_mask(width), 0];
     }
+    let mut out = [0u128; 2];
+    for (i, word) in words[start / 64..start / 64 + width as usize / 64]
+        .iter()
+        .enumerate()
+    {
+        out[i / 2] |= (*word as u128) << (64 * (i % 2));
+    }
+    out
+}
+
+/// Rotates a `width`-bit vector right by `r < width` (bit `c + r` moves to `c`).
+fn rotate_right(x: Row, r: u32, width: u32) -> Row {
+    if r == 0 {
+        return x;
+    }
+    if width == 256 {
+        let (lo, hi, r) = if r >= 128 {
+            (x[1], x[0], r - 128)
+        } else {
+            (x[0], x[1], r)
+        };
+        if r == 0 {
+            return [lo, hi];
+        }
+        return [(lo >> r) | (hi << (128 - r)), (hi >> r) | (lo << (128 - r))];
+    }
+    let v = x[0];
+    let rotated = if width == 128 {
+        v.rotate_right(r)
+    } else {
+        ((v >> r) | (v << (width - r))) & width_mask(width)
+    };
+    [rotated, 0]
 }
 
 /// Ideal functionality: for shares of `g` and `u` (scale 2f, same length), the public bits
@@ -143,12 +178,14 @@ pub fn self_gate(
     let size = 1usize << k;
     let width = size as u32;
     // Column-reversed rows: reversed[a] bit c = T[a][−c mod 2^k].
-    let reversed: Vec<u128> = (0..size)
+    let reversed: Vec<Row> = (0..size)
         .map(|a| {
             let row = table.row(a);
-            (0..size)
-                .filter(|&c| row >> ((size - c) % size) & 1 == 1)
-                .fold(0u128, |acc, c| acc | 1 << c)
+            let mut out = [0u128; 2];
+            for c in (0..size).filter(|&c| bit(&row, (size - c) % size)) {
+                out[c / 128] |= 1 << (c % 128);
+            }
+            out
         })
         .collect();
     let party = p.id;
@@ -157,20 +194,16 @@ pub fn self_gate(
         .map(|i| {
             let (gh, uh) = (opened[0][i] as usize, opened[1][i] as u32);
             let points = dpf_eval_all(party, &keys.dpf[i]);
-            let mut acc = 0u128;
+            let mut acc = [0u128; 2];
             for jg in 0..size {
-                let start = jg * size;
-                let word = start / 64;
-                let mut d_row = points[word] as u128;
-                if size == 128 {
-                    d_row |= (points[word + 1] as u128) << 64;
-                } else {
-                    d_row = (d_row >> (start % 64)) & width_mask(width);
-                }
+                let d_row = bits_from_words(&points, jg * size, width);
                 // Σ_ju T[ĝ − jg][û − ju]·D[jg][ju] = parity(reversed[ĝ − jg] & D_row ⋙ û).
-                acc ^= reversed[(gh + size - jg) % size] & rotate_right(d_row, uh, width);
+                let rev = &reversed[(gh + size - jg) % size];
+                let rot = rotate_right(d_row, uh, width);
+                acc[0] ^= rev[0] & rot[0];
+                acc[1] ^= rev[1] & rot[1];
             }
-            (acc.count_ones() & 1) as u64
+            ((acc[0].count_ones() + acc[1].count_ones()) & 1) as u64
         })
         .collect();
     let bits = open_bits(p, &shares, 1)?;
@@ -250,12 +283,12 @@ mod tests {
     fn self_gate_rejects_bad_tables() {
         let dealer = InProcessDealer::new(Dealer::with_prg(Prg::from_seed([1; 16])));
         let mut table = SelfGateTable {
-            bits: 8,
+            bits: MAX_GATE_BITS + 1,
             gate_mult: 1,
             gate_shift: 10,
             up_mult: 1,
             up_shift: 10,
-            rows: vec![0; 256 * 4],
+            rows: vec![0; 512 * 8],
         };
         let (r0, _) = run_pair(&dealer, |p| self_gate(p, &[1], &[2], &table));
         assert!(r0.unwrap_err().to_string().contains("code width"));

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 /// Largest code width of the self-gate: the table has 2^(2k) entries and each element costs
 /// one full-domain DPF evaluation of 2k bits.
-pub const MAX_GATE_BITS: u32 = 7;
+pub const MAX_GATE_BITS: u32 = 8;
 
 /// Public parameters of a batch of self-gate evaluations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -437,7 +437,7 @@ mod tests {
         for cut in [0, 10, h[1].len() - 1] {
             assert!(SelfGateKeys::decode(PartyId::P1, &params, &h[1][..cut]).is_err());
         }
-        let bad = SelfGateParams { n: 20, bits: 8 };
+        let bad = SelfGateParams { n: 20, bits: 9 };
         assert!(d
             .serve(PartyId::P0, &encode_request::<SelfGateKeys>(&bad))
             .is_err());
