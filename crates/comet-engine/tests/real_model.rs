@@ -64,7 +64,7 @@ fn secure_sparse_matches_plaintext_with_the_same_masks_on_smollm2() {
     calib_tokens.truncate(512);
     let data = CalibrationData::collect(&model, &calib_tokens, 256, 512, &mut |_| {}).unwrap();
     let options = SelfGateOptions {
-        bits: 7,
+        bits: 8,
         sparsity: 0.5,
         ..SelfGateOptions::default()
     };
