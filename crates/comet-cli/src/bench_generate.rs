@@ -102,7 +102,7 @@ fn op_bytes(step: &StepCosts, keep: impl Fn(&str) -> bool) -> f64 {
         .iter()
         .filter(|(op, _)| keep(op))
         .map(|(_, v)| v[0] as f64)
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 fn is_ffn(op: &str) -> bool {
