@@ -1,4 +1,5 @@
-//! The secure forward of a llama model on one server (DESIGN.md §6), dense path.
+//! The secure forward of a llama model on one server (DESIGN.md §6), with a dense or a sparse
+//! FFN (DESIGN.md §7, `crate::sparse`).
 //!
 //! Scales: activations carry `f` fractional bits; a product of two of them carries `2f`.
 //! Per block: RMSNorm fused with the Q/K/V product (gain folded into the weights; the squares
@@ -56,8 +57,9 @@ pub fn embed(
 }
 
 /// Runs `m` new positions (shares of their embeddings `x`, `m × d` at scale `f`) through all
-/// blocks (FFNs dense or sparse as `ffn` says), appending their keys and values to `cache`, and returns shares of the logits of
-/// the last `logits_rows` positions (`logits_rows × vocab`, scale `2f`).
+/// blocks (FFNs dense or sparse as `ffn` says), appending their keys and values to `cache`,
+/// and returns shares of the logits of the last `logits_rows` positions (`logits_rows ×
+/// vocab`, scale `2f`).
 pub fn forward(
     p: &mut Party,
     model: &ServerModel,

@@ -119,6 +119,9 @@ pub struct PartyCosts {
     /// Offline bytes of the session's set-up (the permuted FFN weights), on the first step.
     #[serde(default)]
     pub setup_offline_bytes: u64,
+    /// Time of that set-up, milliseconds (inside the client's wall time of the step).
+    #[serde(default)]
+    pub setup_ms: f64,
 }
 
 impl PartyCosts {
@@ -170,8 +173,8 @@ pub struct StepCosts {
     pub tokens: usize,
     /// Client-side wall time, milliseconds.
     pub wall_ms: f64,
-    /// Wall time minus the longer of the two servers' waits for correlations: the step's
-    /// time when the dealer's material is ready ahead of time, milliseconds.
+    /// Wall time minus the longer of the two servers' waits for correlations (session set-up
+    /// included): the step's time when the dealer's material is ready ahead of time, ms.
     pub online_ms: f64,
     /// Online bytes sent by both servers to each other.
     pub online_bytes: u64,
@@ -199,7 +202,10 @@ impl StepCosts {
         servers: Vec<PartyCosts>,
         client_links: &[Costs],
     ) -> Self {
-        let dealer_ms = servers.iter().map(|s| s.dealer_ms).fold(0.0, f64::max);
+        let dealer_ms = servers
+            .iter()
+            .map(|s| s.dealer_ms + s.setup_ms)
+            .fold(0.0, f64::max);
         Self {
             tokens,
             wall_ms: wall.as_secs_f64() * 1e3,

@@ -152,16 +152,17 @@ fn serve_step(
         return Err(EngineError::InvalidRequest("a step with no tokens".into()));
     }
     cache.check_room(m)?;
-    // The first step sets up the session's FFN (for the sparse FFN: the permuted weights);
-    // its offline bytes are reported apart from the step's own.
-    let mut setup_offline_bytes = 0;
+    // The first step (and the first after a re-permutation) sets up the session's FFN (for
+    // the sparse FFN: the permuted weights); its bytes and time are reported apart.
+    let (mut setup_offline_bytes, mut setup_ms) = (0, 0.0);
     let ffn = match ffn {
         Some(f) => f,
         None => {
-            let before = p.offline_meter().total();
+            let (before, setup_started) = (p.offline_meter().total(), Instant::now());
             let started = FfnSession::start(p, mode, &model.config)?;
             let spent = p.offline_meter().total().since(&before);
             setup_offline_bytes = spent.bytes_sent + spent.bytes_received;
+            setup_ms = setup_started.elapsed().as_secs_f64() * 1e3;
             ffn.insert(started)
         }
     };
@@ -189,6 +190,7 @@ fn serve_step(
     let mut costs = PartyCosts::snapshot(p, clock).since(&before, started.elapsed());
     costs.ffn_active = ffn.last_active_counts();
     costs.setup_offline_bytes = setup_offline_bytes;
+    costs.setup_ms = setup_ms;
     let mut w = Writer::new();
     w.u8(REPLY_OK)
         .ring(&logits, 64)
