@@ -7,8 +7,13 @@ use comet_engine::LocalDeployment;
 use comet_model::{Sampler, SamplingParams};
 use comet_net::NetProfile;
 
+/// The real-model tests share the model between two in-process servers and a dealer (several
+/// GB each): run them one at a time so the suite fits the machine's memory.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn secure_greedy_text_matches_plaintext_on_smollm2() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(path) = comet_model::find_default_model() else {
         eprintln!(
             "skipped: {} is not installed (run scripts/setup)",
@@ -51,6 +56,7 @@ fn secure_greedy_text_matches_plaintext_on_smollm2() {
 /// for rounding ties.
 #[test]
 fn secure_sparse_matches_plaintext_with_the_same_masks_on_smollm2() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     use comet_engine::sparse::{FfnMode, SparseFfn};
     use comet_model::sparsity::{CalibrationData, SelfGateOptions};
     use comet_model::SelfGate;
