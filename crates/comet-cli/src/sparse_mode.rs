@@ -54,11 +54,6 @@ pub struct SecureSparsityArgs {
     pub repermute_every: Option<usize>,
 }
 
-/// The repository's calibration text.
-pub fn default_calibration_text() -> PathBuf {
-    comet_model::repo_root().join("data").join("calib.txt")
-}
-
 /// Resolves the options for `model` (loaded from `model_path`) into an engine mode, and gives
 /// the deployment's dealer what sparse sessions need (the plaintext FFN, the predictor).
 pub fn ffn_mode(
@@ -109,7 +104,10 @@ pub fn ffn_mode(
             match SelfGate::load(&cache, &hash, n_layers) {
                 Ok(g) => g,
                 Err(_) => {
-                    let calib = args.calib.clone().unwrap_or_else(default_calibration_text);
+                    let calib = args
+                        .calib
+                        .clone()
+                        .unwrap_or_else(crate::sparsity::default_calib);
                     let g = calibrate(model, tokenizer, &hash, &calib, sparsity, args.bits)?;
                     if let Err(e) = g.save(&cache) {
                         tracing::warn!("cannot cache the self-gate: {e}");

@@ -262,6 +262,30 @@ fn plaintext_with_masks(
         .collect()
 }
 
+/// Runs `steps` through one sparse session of 8 positions; returns the last-position logits
+/// of every step, P0's opened masks and the dealer's permutation of every layer.
+#[allow(clippy::type_complexity)]
+fn run_sparse_steps(
+    dep: &mut LocalDeployment,
+    sparse: SparseFfn,
+    steps: &[Vec<u32>],
+) -> (Vec<Vec<f32>>, Vec<Vec<Vec<bool>>>, Vec<Vec<usize>>) {
+    let layers = sparse.layers();
+    let mut session = dep
+        .session_with(8, NetProfile::none(), FfnMode::Sparse(Arc::new(sparse)))
+        .unwrap();
+    let secure = steps
+        .iter()
+        .map(|s| session.client().step(s, false).unwrap().logits)
+        .collect();
+    let mut summaries = session.finish().unwrap();
+    let masks = std::mem::take(&mut summaries[0].ffn_masks);
+    let perms = (0..layers)
+        .map(|l| dep.ffn_permutation(l).unwrap())
+        .collect();
+    (secure, masks, perms)
+}
+
 /// Every secure logit row is within 1% of the masked plaintext row's scale.
 fn assert_close(secure: &[Vec<f32>], plain: &[Vec<f32>]) {
     for (s, p) in secure.iter().zip(plain) {
@@ -289,24 +313,8 @@ fn secure_sparse_equals_plaintext_with_the_same_masks() {
     let gate = gate_with_threshold(&model, 6, 0.05);
     let sparse = SparseFfn::from_self_gate(&gate, model.config(), FixedPoint::new(12)).unwrap();
     let steps: Vec<Vec<u32>> = vec![vec![4, 8, 15, 16, 23], vec![42], vec![7], vec![19]];
-    let mut session = dep
-        .session_with(8, NetProfile::none(), FfnMode::Sparse(Arc::new(sparse)))
-        .unwrap();
-    let secure: Vec<Vec<f32>> = steps
-        .iter()
-        .map(|s| session.client().step(s, false).unwrap().logits)
-        .collect();
-    let summaries = session.finish().unwrap();
-    let perms: Vec<Vec<usize>> = (0..model.config().n_layers)
-        .map(|l| dep.ffn_permutation(l).unwrap())
-        .collect();
-    let plain = plaintext_with_masks(
-        &model,
-        &steps,
-        &summaries[0].ffn_masks,
-        &perms,
-        &mut |_, _, _| {},
-    );
+    let (secure, masks, perms) = run_sparse_steps(&mut dep, sparse, &steps);
+    let plain = plaintext_with_masks(&model, &steps, &masks, &perms, &mut |_, _, _| {});
     assert_close(&secure, &plain);
     let dense = {
         let mut cache = model.new_cache();
@@ -395,18 +403,8 @@ fn secure_mlp_gate_matches_the_plaintext_predictor() {
     dep.enable_sparse_with(&model, Some(&predictor)).unwrap();
     let sparse = SparseFfn::from_predictor(&predictor, &c, FixedPoint::new(12)).unwrap();
     let steps: Vec<Vec<u32>> = vec![vec![3, 1, 4, 1, 5], vec![9], vec![2]];
-    let mut session = dep
-        .session_with(8, NetProfile::none(), FfnMode::Sparse(Arc::new(sparse)))
-        .unwrap();
-    let secure: Vec<Vec<f32>> = steps
-        .iter()
-        .map(|s| session.client().step(s, false).unwrap().logits)
-        .collect();
-    let summaries = session.finish().unwrap();
-    let perms: Vec<Vec<usize>> = (0..c.n_layers)
-        .map(|l| dep.ffn_permutation(l).unwrap())
-        .collect();
-    let masks = &summaries[0].ffn_masks;
+    let (secure, masks, perms) = run_sparse_steps(&mut dep, sparse, &steps);
+    let masks = &masks;
     // The secure decisions are the predictor's on the (masked) plaintext inputs.
     let n = c.ffn_dim;
     let (mut differ, mut near, mut total) = (0, 0, 0);
