@@ -255,7 +255,10 @@ pub fn run(args: BenchGenerateArgs) -> anyhow::Result<()> {
     if modes.iter().any(|m| m == "sparse") {
         for (&level, gate_file) in levels.iter().zip(gate_files) {
             let opts = SecureSparsityArgs {
-                sparsity: SparsitySpec { ffn: Some(level) },
+                sparsity: SparsitySpec {
+                    ffn: Some(level),
+                    heads: None,
+                },
                 gate: args.gate.clone(),
                 gate_file,
                 bits: args.bits,

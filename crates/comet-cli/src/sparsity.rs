@@ -484,6 +484,7 @@ fn forward_all(
                 ForwardOptions {
                     logits: LogitsMode::All,
                     ffn_hook: Some(&mut hook),
+                    ..Default::default()
                 },
             )?
         }

@@ -150,6 +150,7 @@ fn secure_sparse_matches_plaintext_with_the_same_masks_on_smollm2() {
                 comet_model::ForwardOptions {
                     logits: comet_model::LogitsMode::Last,
                     ffn_hook: Some(&mut hook),
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -255,6 +255,7 @@ fn plaintext_with_masks(
                     comet_model::ForwardOptions {
                         logits: comet_model::LogitsMode::Last,
                         ffn_hook: Some(&mut hook),
+                        ..Default::default()
                     },
                 )
                 .unwrap()

@@ -45,6 +45,24 @@ pub struct FfnActivations<'a> {
     pub hidden: &'a mut [f32],
 }
 
+/// The attention output of one block before `Wo`, handed to [`ForwardOptions::attn_hook`].
+/// The hook may change `heads` (e.g. zero skipped heads): what it leaves there goes into `Wo`.
+#[derive(Debug)]
+pub struct AttnActivations<'a> {
+    /// Block index.
+    pub layer: usize,
+    /// Tokens in this call (rows of the matrices below).
+    pub tokens: usize,
+    /// Position of the first token of this call in the sequence.
+    pub start: usize,
+    /// The normed attention input `x = RMSNorm(residual)`, `[tokens, d_model]` (what a head
+    /// predictor reads).
+    pub input: &'a [f32],
+    /// Per-head attention outputs `softmax(q·Kᵀ)·V`, `[tokens, n_heads · head_dim]` (head `h`
+    /// in columns `h·head_dim ..`), the input of `Wo`; the hook may mask them.
+    pub heads: &'a mut [f32],
+}
+
 /// Per-call options of [`Model::forward_with`].
 #[derive(Default)]
 pub struct ForwardOptions<'a> {
@@ -53,6 +71,9 @@ pub struct ForwardOptions<'a> {
     /// Called once per block with its feed-forward activations (sparsity statistics and
     /// masking of skipped neurons).
     pub ffn_hook: Option<&'a mut dyn FnMut(&mut FfnActivations<'_>)>,
+    /// Called once per block with its attention output before `Wo` (head statistics and
+    /// masking of skipped heads).
+    pub attn_hook: Option<&'a mut dyn FnMut(&mut AttnActivations<'_>)>,
 }
 
 /// Keys and values of all processed tokens, per block and KV head.
@@ -199,7 +220,7 @@ impl Model {
             cache,
             ForwardOptions {
                 logits: LogitsMode::All,
-                ffn_hook: None,
+                ..ForwardOptions::default()
             },
         )
     }
@@ -260,7 +281,16 @@ impl Model {
                     lc.values[h].extend_from_slice(&v[src..src + c.head_dim]);
                 }
             }
-            let attn = attention(c, &q, t, start, lc);
+            let mut attn = attention(c, &q, t, start, lc);
+            if let Some(hook) = options.attn_hook.as_mut() {
+                hook(&mut AttnActivations {
+                    layer: l,
+                    tokens: t,
+                    start,
+                    input: &normed,
+                    heads: &mut attn,
+                });
+            }
             let o = self.linear(&attn, t, &layer.wo);
             add_in_place(&mut x, &o);
 

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
-pub use forward::{FfnActivations, ForwardOptions, KvCache, LogitsMode, Model, RopeTable};
+pub use forward::{
+    AttnActivations, FfnActivations, ForwardOptions, KvCache, LogitsMode, Model, RopeTable,
+};
 pub use generate::{generate, GenerationStats};
 pub use gguf::GgufFile;
 pub use predictor::Predictor;

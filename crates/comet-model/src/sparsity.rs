@@ -36,12 +36,15 @@ pub const MAX_GATE_BITS: u32 = 8;
 /// Smallest code width.
 pub const MIN_GATE_BITS: u32 = 2;
 
-/// What is skipped: `off`, or `ffn=F` with F the fraction of FFN neurons dropped per token
-/// (the calibration target; the count per token varies with the per-layer threshold).
+/// What is skipped: `off`, or `ffn=F`, `heads=H` or both (`ffn=0.5,heads=0.11`), with F the
+/// fraction of FFN neurons and H the fraction of attention heads dropped per token (the
+/// calibration targets; the counts per token vary with the per-layer thresholds).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SparsitySpec {
     /// Target fraction of FFN neurons skipped, in `[0, 1)`; `None` means dense.
     pub ffn: Option<f64>,
+    /// Target fraction of attention heads skipped, in `[0, 1)`; `None` means dense.
+    pub heads: Option<f64>,
 }
 
 impl SparsitySpec {
@@ -52,15 +55,17 @@ impl SparsitySpec {
 
     /// True when something is skipped.
     pub fn is_sparse(&self) -> bool {
-        self.ffn.is_some()
+        self.ffn.is_some() || self.heads.is_some()
     }
 }
 
 impl std::fmt::Display for SparsitySpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.ffn {
-            None => write!(f, "off"),
-            Some(v) => write!(f, "ffn={v}"),
+        match (self.ffn, self.heads) {
+            (None, None) => write!(f, "off"),
+            (Some(v), None) => write!(f, "ffn={v}"),
+            (None, Some(h)) => write!(f, "heads={h}"),
+            (Some(v), Some(h)) => write!(f, "ffn={v},heads={h}"),
         }
     }
 }
@@ -68,11 +73,11 @@ impl std::fmt::Display for SparsitySpec {
 impl std::str::FromStr for SparsitySpec {
     type Err = ModelError;
 
-    /// Parses `off` or `ffn=0.5`.
+    /// Parses `off`, `ffn=0.5`, `heads=0.11` or `ffn=0.5,heads=0.11`.
     fn from_str(s: &str) -> Result<Self> {
         let bad = |why: &str| {
             ModelError::InvalidInput(format!(
-                "sparsity `{s}`: {why} (expected `off` or `ffn=0.5`)"
+                "sparsity `{s}`: {why} (expected `off`, `ffn=0.5`, `heads=0.11` or both)"
             ))
         };
         let s = s.trim();
@@ -86,10 +91,13 @@ impl std::str::FromStr for SparsitySpec {
             if !(0.0..1.0).contains(&v) {
                 return Err(bad("the fraction must be in [0, 1)"));
             }
-            match key.trim() {
-                "ffn" if spec.ffn.is_none() => spec.ffn = Some(v),
-                "ffn" => return Err(bad("`ffn` given twice")),
+            let slot = match key.trim() {
+                "ffn" => &mut spec.ffn,
+                "heads" => &mut spec.heads,
                 other => return Err(bad(&format!("unknown part `{other}`"))),
+            };
+            if slot.replace(v).is_some() {
+                return Err(bad(&format!("`{}` given twice", key.trim())));
             }
         }
         Ok(spec)
@@ -576,6 +584,7 @@ impl CalibrationData {
                 ForwardOptions {
                     logits: LogitsMode::Last,
                     ffn_hook: Some(&mut hook),
+                    ..Default::default()
                 },
             )?;
             done += w.len();
@@ -971,11 +980,15 @@ mod tests {
     fn spec_parses_and_rejects() {
         assert_eq!("off".parse::<SparsitySpec>().unwrap(), SparsitySpec::off());
         assert_eq!("ffn=0.5".parse::<SparsitySpec>().unwrap().ffn, Some(0.5));
+        let both: SparsitySpec = "ffn=0.5, heads=0.11".parse().unwrap();
+        assert_eq!((both.ffn, both.heads), (Some(0.5), Some(0.11)));
+        assert_eq!(both.to_string().parse::<SparsitySpec>().unwrap(), both);
         for bad in [
             "ffn",
             "ffn=x",
             "ffn=1.5",
-            "heads=0.1",
+            "head=0.1",
+            "heads=0.1,heads=0.2",
             "ffn=0.5,ffn=0.2",
             "",
         ] {

@@ -51,6 +51,7 @@ fn sparse_logits(model: &Model, tokens: &[u32], sparse: &mut SparseFfn<'_>) -> V
             ForwardOptions {
                 logits: LogitsMode::All,
                 ffn_hook: Some(&mut hook),
+                ..Default::default()
             },
         )
         .expect("forward")
@@ -221,6 +222,7 @@ fn all_keep_is_dense_and_the_oracle_keeps_one_minus_s() {
                 ForwardOptions {
                     logits: LogitsMode::Last,
                     ffn_hook: Some(&mut check),
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -254,6 +256,7 @@ fn blocks_keep_whole_blocks() {
                 ForwardOptions {
                     logits: LogitsMode::Last,
                     ffn_hook: Some(&mut apply),
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -477,6 +477,7 @@ fn ffn_hook_sees_every_layer() {
     let opts = ForwardOptions {
         logits: LogitsMode::All,
         ffn_hook: Some(&mut hook),
+        ..Default::default()
     };
     let logits = model
         .forward_with(&tokens, &mut model.new_cache(), opts)
@@ -558,6 +559,7 @@ fn ffn_hook_masks_what_goes_into_down() {
         let opts = ForwardOptions {
             logits: LogitsMode::All,
             ffn_hook: Some(mask),
+            ..Default::default()
         };
         model
             .forward_with(&tokens, &mut model.new_cache(), opts)
