@@ -1,7 +1,7 @@
 //! The dealer's state machine and the in-process correlation source.
 
 use crate::kinds::generate_by_tag;
-use crate::kinds::sparse::{FfnStore, PlainFfn};
+use crate::kinds::sparse::{PlainAttn, PlainFfn, SparseStore};
 use crate::weights::{mask_weight, FixedWeight, WeightId, WeightMask};
 use crate::{encode_request, CorrelationKind, DealerError, GenContext};
 use comet_core::{PartyId, Prg};
@@ -52,7 +52,7 @@ pub struct Dealer {
     weights: HashMap<WeightId, WeightMask>,
     queued: [VecDeque<(Vec<u8>, Vec<u8>)>; 2],
     next_weight: u32,
-    ffn: FfnStore,
+    sparse: SparseStore,
 }
 
 impl std::fmt::Debug for Dealer {
@@ -76,7 +76,7 @@ impl Dealer {
             weights: HashMap::new(),
             queued: [VecDeque::new(), VecDeque::new()],
             next_weight: 0,
-            ffn: FfnStore::default(),
+            sparse: SparseStore::default(),
         }
     }
 
@@ -98,13 +98,25 @@ impl Dealer {
 
     /// Keeps layer `layer`'s plaintext FFN so that sparse sessions can get it permuted.
     pub fn insert_plain_ffn(&mut self, layer: u32, ffn: PlainFfn) {
-        self.ffn.insert(layer, ffn);
+        self.sparse.insert(layer, ffn);
+    }
+
+    /// Keeps layer `layer`'s plaintext attention so that head-sparse sessions can get it
+    /// permuted.
+    pub fn insert_plain_attn(&mut self, layer: u32, attn: PlainAttn) {
+        self.sparse.insert_attn(layer, attn);
+    }
+
+    /// The secret head order of layer `layer` in the current session (tests map the servers'
+    /// opened head bits back to heads with it).
+    pub fn head_permutation(&self, layer: u32) -> Option<&[usize]> {
+        self.sparse.head_permutation(layer)
     }
 
     /// The secret neuron permutation of layer `layer` in the current session (tests map the
     /// servers' opened positions back to neurons with it).
     pub fn ffn_permutation(&self, layer: u32) -> Option<&[usize]> {
-        self.ffn.permutation(layer)
+        self.sparse.permutation(layer)
     }
 
     /// Whether a weight mask is registered under `id`.
@@ -131,13 +143,13 @@ impl Dealer {
         let mut ctx = GenContext {
             prg: &mut self.prg,
             weights: &self.weights,
-            ffn: &mut self.ffn,
+            sparse: &mut self.sparse,
         };
         let generated = generate_by_tag(tag, params, &mut ctx);
-        for id in self.ffn.retired.drain(..) {
+        for id in self.sparse.retired.drain(..) {
             self.weights.remove(&id);
         }
-        self.weights.extend(self.ffn.pending.drain(..));
+        self.weights.extend(self.sparse.pending.drain(..));
         let [h0, h1] = generated?;
         let (mine, other) = if me == 0 { (h0, h1) } else { (h1, h0) };
         self.queued[1 - me].push_back((request.to_vec(), other));

@@ -33,8 +33,9 @@ pub struct GenContext<'a> {
     pub prg: &'a mut Prg,
     /// Fixed weight masks `B` of the registered weights (DESIGN.md §4).
     pub weights: &'a HashMap<WeightId, weights::WeightMask>,
-    /// Plaintext FFN weights and per-session permutations (sparse sessions, DESIGN.md §7).
-    pub ffn: &'a mut kinds::sparse::FfnStore,
+    /// Plaintext FFN and attention weights and per-session permutations (sparse sessions,
+    /// DESIGN.md §7).
+    pub sparse: &'a mut kinds::sparse::SparseStore,
 }
 
 /// One kind of correlated randomness.

@@ -47,6 +47,7 @@ pub fn generate_by_tag(
         attention::ClientInputMask::TAG => generate::<attention::ClientInputMask>(params, ctx),
         sparse::SelfGateKeys::TAG => generate::<sparse::SelfGateKeys>(params, ctx),
         sparse::PermutedFfn::TAG => generate::<sparse::PermutedFfn>(params, ctx),
+        sparse::PermutedAttn::TAG => generate::<sparse::PermutedAttn>(params, ctx),
         other => Err(DealerError::UnknownKind(other)),
     }
 }

@@ -1,5 +1,5 @@
-//! Correlations of the sparse FFN (DESIGN.md §7): the self-gate's keys (tag 40) and the
-//! per-session permuted FFN weights (tag 95).
+//! Correlations of the sparse FFN and attention (DESIGN.md §7): the self-gate's keys (tag 40),
+//! the per-session permuted FFN weights (tag 95) and attention weights (tag 96).
 //!
 //! **Self-gate.** For each element the dealer draws index masks `r_g, r_u ∈ Z_2^k` (both
 //! servers' shares are PRG seeds) and a 1-bit DPF on `2k` bits at `α = r_g·2^k + r_u`. The
@@ -11,6 +11,11 @@
 //! the neurons and hands both servers the gate and up columns and the down rows in π order
 //! under fresh masks (`F' = W_π − B'`, each server's share of `B'` as a seed). The new masks
 //! replace the layer's previous session masks at the dealer.
+//!
+//! **Permuted attention.** Likewise per session and layer for the heads: a secret order of the
+//! key/value groups and, inside each group, of its query heads (a query head stays with its
+//! group, so the servers can pair it with the right cached keys). Q's columns and O's rows
+//! move by head, K's and V's columns by group; a head predictor's outputs follow the heads.
 
 use super::compare::{gen_key_pairs, get_keys, put_keys};
 use super::{check_size, expand, get_ring, get_seed, put_seed};
@@ -159,12 +164,58 @@ pub struct PlainPredictor {
     pub b2: Vec<u64>,
 }
 
-/// The dealer's per-session FFN state: plaintext weights, the current permutation and weight
-/// ids of each layer, and the mask changes a generation asks the dealer to apply.
+/// The plaintext fixed-point attention of one layer (gain folded into Q, K and V), kept by the
+/// dealer for per-session head permutation.
+#[derive(Clone, Debug)]
+pub struct PlainAttn {
+    /// Model width d.
+    pub d: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value groups (divides `n_heads`).
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Query weight, input-major `d × n_heads·head_dim`.
+    pub wq: Vec<u64>,
+    /// Key weight, input-major `d × n_kv_heads·head_dim`.
+    pub wk: Vec<u64>,
+    /// Value weight, input-major `d × n_kv_heads·head_dim`.
+    pub wv: Vec<u64>,
+    /// Output weight, input-major `n_heads·head_dim × d`.
+    pub wo: Vec<u64>,
+    /// The layer's trained head predictor (one output per head), if sessions may use it.
+    pub predictor: Option<PlainPredictor>,
+}
+
+impl PlainAttn {
+    /// A secret head order: groups shuffled, then the heads inside each group. Position `p`
+    /// of the servers' order holds head `perm[p]`, and `perm[p] / group == order[p / group]`.
+    fn draw_permutation(&self, prg: &mut comet_core::Prg) -> Vec<usize> {
+        let group = self.n_heads / self.n_kv_heads;
+        let groups = prg.gen_permutation(self.n_kv_heads);
+        groups
+            .iter()
+            .flat_map(|&g| {
+                let inner = prg.gen_permutation(group);
+                inner.into_iter().map(move |j| g * group + j)
+            })
+            .collect()
+    }
+}
+
+/// One layer's session order and the ids of its session weights.
+type Current = (Vec<usize>, Vec<WeightId>);
+
+/// The dealer's per-session sparse state: plaintext FFN and attention weights, the current
+/// permutations and weight ids of each layer, and the mask changes a generation asks the
+/// dealer to apply.
 #[derive(Debug, Default)]
-pub struct FfnStore {
+pub struct SparseStore {
     plain: std::collections::HashMap<u32, PlainFfn>,
-    current: std::collections::HashMap<u32, (Vec<usize>, Vec<WeightId>)>,
+    current: std::collections::HashMap<u32, Current>,
+    plain_attn: std::collections::HashMap<u32, PlainAttn>,
+    current_attn: std::collections::HashMap<u32, Current>,
     next_id: u32,
     /// Masks to register once the generation is done.
     pub(crate) pending: Vec<(WeightId, WeightMask)>,
@@ -175,16 +226,53 @@ pub struct FfnStore {
 /// Session weight ids live above this bound, apart from the model's fixed weights.
 const SESSION_ID_BASE: u32 = 1 << 31;
 
-impl FfnStore {
+impl SparseStore {
     /// Keeps layer `layer`'s plaintext FFN for permutation.
     pub fn insert(&mut self, layer: u32, ffn: PlainFfn) {
         self.plain.insert(layer, ffn);
+    }
+
+    /// Keeps layer `layer`'s plaintext attention for head permutation.
+    pub fn insert_attn(&mut self, layer: u32, attn: PlainAttn) {
+        self.plain_attn.insert(layer, attn);
     }
 
     /// The permutation of layer `layer`'s current session: position `i` of the servers'
     /// order holds neuron `perm[i]`. Only the dealer knows it (tests use it).
     pub fn permutation(&self, layer: u32) -> Option<&[usize]> {
         self.current.get(&layer).map(|(p, _)| p.as_slice())
+    }
+
+    /// The head order of layer `layer`'s current session: position `i` holds head `perm[i]`.
+    pub fn head_permutation(&self, layer: u32) -> Option<&[usize]> {
+        self.current_attn.get(&layer).map(|(p, _)| p.as_slice())
+    }
+
+    /// Masks every matrix `(values, k, n)` under fresh seeds, writes both servers' views into
+    /// `halves` (a count byte, then per matrix its id, shape, `F = W − B` and the server's
+    /// seed of `B`) and returns the new ids; the masks join `pending`.
+    fn emit_masked(
+        &mut self,
+        matrices: Vec<(Vec<u64>, usize, usize)>,
+        halves: &mut [Writer; 2],
+        prg: &mut comet_core::Prg,
+    ) -> Vec<WeightId> {
+        for half in halves.iter_mut() {
+            half.u8(matrices.len() as u8);
+        }
+        let mut ids = Vec::with_capacity(matrices.len());
+        for (w, k, cols_n) in matrices {
+            let id = self.fresh_id();
+            ids.push(id);
+            let (mask, masked, seeds) = mask_with_seeds(&w, prg);
+            self.pending.push((id, WeightMask { k, n: cols_n, mask }));
+            for (half, seed) in halves.iter_mut().zip(&seeds) {
+                half.u32(id.0).u32(k as u32).u32(cols_n as u32);
+                half.ring(&masked, 64);
+                put_seed(half, seed);
+            }
+        }
+        ids
     }
 
     fn fresh_id(&mut self) -> WeightId {
@@ -259,7 +347,7 @@ impl CorrelationKind for PermutedFfn {
     }
 
     fn generate(p: &PermutedFfnParams, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
-        let store = &mut *ctx.ffn;
+        let store = &mut *ctx.sparse;
         let plain = store.plain.get(&p.layer).ok_or_else(|| {
             DealerError::InvalidParams(format!(
                 "the dealer holds no plaintext FFN for layer {} (sparse sessions need a dealer \
@@ -287,40 +375,14 @@ impl CorrelationKind for PermutedFfn {
             .flat_map(|&j| plain.down[j * d..(j + 1) * d].iter().copied())
             .collect();
         let mut matrices = vec![(gate, d, n), (up, d, n), (down, n, d)];
-        let predictor = plain.predictor.as_ref().map(|pr| {
-            let h = pr.hidden;
-            let mut w2 = vec![0u64; h * n];
-            for (dst, src) in w2.chunks_mut(n).zip(pr.w2.chunks(n)) {
-                for (o, &j) in dst.iter_mut().zip(&perm) {
-                    *o = src[j];
-                }
-            }
-            let b2: Vec<u64> = perm.iter().map(|&j| pr.b2[j]).collect();
-            matrices.push((pr.w1.clone(), d, h));
-            matrices.push((w2, h, n));
-            (pr.b1.clone(), b2)
-        });
+        let predictor = plain
+            .predictor
+            .as_ref()
+            .map(|pr| pr.permuted(&perm, d, &mut matrices));
         let mut halves = [Writer::new(), Writer::new()];
-        for half in &mut halves {
-            half.u8(matrices.len() as u8);
-        }
-        let mut ids = Vec::with_capacity(matrices.len());
-        for (w, k, cols_n) in matrices {
-            let id = store.fresh_id();
-            ids.push(id);
-            let (mask, masked, seeds) = mask_with_seeds(&w, ctx.prg);
-            store.pending.push((id, WeightMask { k, n: cols_n, mask }));
-            for (half, seed) in halves.iter_mut().zip(&seeds) {
-                half.u32(id.0).u32(k as u32).u32(cols_n as u32);
-                half.ring(&masked, 64);
-                put_seed(half, seed);
-            }
-        }
+        let ids = store.emit_masked(matrices, &mut halves, ctx.prg);
         if let Some((b1, b2)) = predictor {
-            let biases: Vec<u64> = b1.into_iter().chain(b2).collect();
-            let (seed, share1) = super::share_with_seed(&biases, ctx.prg);
-            put_seed(&mut halves[0], &seed);
-            halves[1].ring(&share1, 64);
+            put_shared_biases(&mut halves, b1, b2, ctx.prg);
         }
         if let Some((_, old)) = store.current.insert(p.layer, (perm, ids)) {
             store.retired.extend(old);
@@ -330,54 +392,14 @@ impl CorrelationKind for PermutedFfn {
 
     fn decode(party: PartyId, _p: &PermutedFfnParams, bytes: &[u8]) -> Result<Self, DealerError> {
         let mut r = Reader::new(bytes);
-        let count = r.u8()?;
-        if count != 3 && count != 5 {
-            return Err(DealerError::Malformed(format!(
-                "{}: {count} matrices (expected 3, or 5 with a predictor)",
-                Self::NAME
-            )));
-        }
-        let next = |r: &mut Reader| -> Result<FixedWeight, DealerError> {
-            let id = WeightId(r.u32()?);
-            let k = r.u32()? as usize;
-            let n = r.u32()? as usize;
-            let size = k.checked_mul(n).ok_or_else(|| {
-                DealerError::Malformed(format!("{}: shape {k} × {n}", Self::NAME))
-            })?;
-            let masked = get_ring(r, size, Self::NAME)?;
-            let seed = get_seed(r)?;
-            Ok(FixedWeight {
-                id,
-                k,
-                n,
-                masked,
-                mask_share: expand(&seed, size),
-            })
-        };
-        let (gate, up, down) = (next(&mut r)?, next(&mut r)?, next(&mut r)?);
-        let predictor = if count == 5 {
-            let (w1, w2) = (next(&mut r)?, next(&mut r)?);
-            if w1.k != gate.k || w2.k != w1.n || w2.n != gate.n {
-                return Err(DealerError::Malformed(format!(
-                    "{}: predictor shapes {}×{} and {}×{}",
-                    Self::NAME,
-                    w1.k,
-                    w1.n,
-                    w2.k,
-                    w2.n
-                )));
-            }
-            let len = w1.n + w2.n;
-            let biases = match party {
-                PartyId::P0 => expand(&get_seed(&mut r)?, len),
-                PartyId::P1 => get_ring(&mut r, len, Self::NAME)?,
-            };
-            Some(SessionPredictor {
-                b1: biases[..w1.n].to_vec(),
-                b2: biases[w1.n..].to_vec(),
-                w1,
-                w2,
-            })
+        let with_predictor = read_count(&mut r, 3, Self::NAME)?;
+        let (gate, up, down) = (
+            read_weight(&mut r, Self::NAME)?,
+            read_weight(&mut r, Self::NAME)?,
+            read_weight(&mut r, Self::NAME)?,
+        );
+        let predictor = if with_predictor {
+            Some(read_predictor(&mut r, party, gate.k, gate.n, Self::NAME)?)
         } else {
             None
         };
@@ -399,6 +421,250 @@ impl CorrelationKind for PermutedFfn {
             gate,
             up,
             down,
+            predictor,
+        })
+    }
+}
+
+impl PlainPredictor {
+    /// W1 as is and W2's columns in `perm` order, appended to `matrices`; returns b1 and the
+    /// permuted b2, which travel as shares (public biases in `perm` order would reveal it).
+    fn permuted(
+        &self,
+        perm: &[usize],
+        d: usize,
+        matrices: &mut Vec<(Vec<u64>, usize, usize)>,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let (h, n) = (self.hidden, perm.len());
+        let mut w2 = vec![0u64; h * n];
+        for (dst, src) in w2.chunks_mut(n).zip(self.w2.chunks(n)) {
+            for (o, &j) in dst.iter_mut().zip(perm) {
+                *o = src[j];
+            }
+        }
+        matrices.push((self.w1.clone(), d, h));
+        matrices.push((w2, h, n));
+        (self.b1.clone(), perm.iter().map(|&j| self.b2[j]).collect())
+    }
+}
+
+/// Appends a predictor's biases as shares: P0's as a seed, P1's in full.
+fn put_shared_biases(
+    halves: &mut [Writer; 2],
+    b1: Vec<u64>,
+    b2: Vec<u64>,
+    prg: &mut comet_core::Prg,
+) {
+    let biases: Vec<u64> = b1.into_iter().chain(b2).collect();
+    let (seed, share1) = super::share_with_seed(&biases, prg);
+    put_seed(&mut halves[0], &seed);
+    halves[1].ring(&share1, 64);
+}
+
+/// Reads the matrix count of a permuted-weights half: `base`, or `base + 2` with a predictor.
+fn read_count(r: &mut Reader, base: u8, name: &str) -> Result<bool, DealerError> {
+    match r.u8()? {
+        c if c == base => Ok(false),
+        c if c == base + 2 => Ok(true),
+        c => Err(DealerError::Malformed(format!(
+            "{name}: {c} matrices (expected {base}, or {} with a predictor)",
+            base + 2
+        ))),
+    }
+}
+
+/// Reads one masked session weight (id, shape, `F`, the server's seed of `B`).
+fn read_weight(r: &mut Reader, name: &str) -> Result<FixedWeight, DealerError> {
+    let id = WeightId(r.u32()?);
+    let k = r.u32()? as usize;
+    let n = r.u32()? as usize;
+    let size = k
+        .checked_mul(n)
+        .ok_or_else(|| DealerError::Malformed(format!("{name}: shape {k} × {n}")))?;
+    let masked = get_ring(r, size, name)?;
+    let seed = get_seed(r)?;
+    Ok(FixedWeight {
+        id,
+        k,
+        n,
+        masked,
+        mask_share: expand(&seed, size),
+    })
+}
+
+/// Reads a session predictor reading `d` inputs with `outputs` outputs.
+fn read_predictor(
+    r: &mut Reader,
+    party: PartyId,
+    d: usize,
+    outputs: usize,
+    name: &str,
+) -> Result<SessionPredictor, DealerError> {
+    let (w1, w2) = (read_weight(r, name)?, read_weight(r, name)?);
+    if w1.k != d || w2.k != w1.n || w2.n != outputs {
+        return Err(DealerError::Malformed(format!(
+            "{name}: predictor shapes {}×{} and {}×{}",
+            w1.k, w1.n, w2.k, w2.n
+        )));
+    }
+    let len = w1.n + w2.n;
+    let biases = match party {
+        PartyId::P0 => expand(&get_seed(r)?, len),
+        PartyId::P1 => get_ring(r, len, name)?,
+    };
+    Ok(SessionPredictor {
+        b1: biases[..w1.n].to_vec(),
+        b2: biases[w1.n..].to_vec(),
+        w1,
+        w2,
+    })
+}
+
+/// Public parameters: which layer's attention to permute, and its head count (checked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PermutedAttnParams {
+    /// Transformer block index.
+    pub layer: u32,
+    /// Query heads of the layer.
+    pub n_heads: u32,
+}
+
+/// A server's view of one layer's attention for one session, in the secret head order.
+#[derive(Clone, Debug)]
+pub struct PermutedAttn {
+    /// Query weight (`d × n_heads·head_dim`), head column blocks permuted.
+    pub wq: FixedWeight,
+    /// Key weight (`d × n_kv_heads·head_dim`), group column blocks permuted.
+    pub wk: FixedWeight,
+    /// Value weight, group column blocks permuted.
+    pub wv: FixedWeight,
+    /// Output weight (`n_heads·head_dim × d`), head row blocks permuted.
+    pub wo: FixedWeight,
+    /// The head predictor under fresh masks, its outputs permuted, when the dealer holds one.
+    pub predictor: Option<SessionPredictor>,
+}
+
+/// Columns of the input-major `rows × (blocks·width)` matrix `w`, moved by whole blocks of
+/// `width`: output block `p` is input block `order[p]`.
+fn permute_column_blocks(w: &[u64], rows: usize, order: &[usize], width: usize) -> Vec<u64> {
+    let cols = order.len() * width;
+    let mut out = vec![0u64; rows * cols];
+    out.par_chunks_mut(cols)
+        .zip(w.par_chunks(cols))
+        .for_each(|(dst, src)| {
+            for (p, &b) in order.iter().enumerate() {
+                dst[p * width..(p + 1) * width].copy_from_slice(&src[b * width..(b + 1) * width]);
+            }
+        });
+    debug_assert_eq!(w.len(), rows * cols);
+    out
+}
+
+impl CorrelationKind for PermutedAttn {
+    type Params = PermutedAttnParams;
+    const TAG: u8 = 96;
+    const NAME: &'static str = "permuted attention weights";
+
+    fn encode_params(p: &PermutedAttnParams, w: &mut Writer) {
+        w.u32(p.layer).u32(p.n_heads);
+    }
+
+    fn decode_params(r: &mut Reader) -> Result<PermutedAttnParams, DealerError> {
+        Ok(PermutedAttnParams {
+            layer: r.u32()?,
+            n_heads: r.u32()?,
+        })
+    }
+
+    fn generate(p: &PermutedAttnParams, ctx: &mut GenContext) -> Result<[Vec<u8>; 2], DealerError> {
+        let store = &mut *ctx.sparse;
+        let plain = store.plain_attn.get(&p.layer).ok_or_else(|| {
+            DealerError::InvalidParams(format!(
+                "the dealer holds no plaintext attention for layer {} (head-sparse sessions \
+                 need a dealer started with the model)",
+                p.layer
+            ))
+        })?;
+        if plain.n_heads != p.n_heads as usize
+            || plain.n_kv_heads == 0
+            || plain.n_heads % plain.n_kv_heads != 0
+        {
+            return Err(DealerError::InvalidParams(format!(
+                "layer {} has {} heads in {} groups, the request says {}",
+                p.layer, plain.n_heads, plain.n_kv_heads, p.n_heads
+            )));
+        }
+        let (d, hd) = (plain.d, plain.head_dim);
+        let (qd, kvd) = (plain.n_heads * hd, plain.n_kv_heads * hd);
+        let perm = plain.draw_permutation(ctx.prg);
+        let group = plain.n_heads / plain.n_kv_heads;
+        let groups: Vec<usize> = perm.iter().step_by(group).map(|&h| h / group).collect();
+        let wo: Vec<u64> = perm
+            .iter()
+            .flat_map(|&h| plain.wo[h * hd * d..(h + 1) * hd * d].iter().copied())
+            .collect();
+        let mut matrices = vec![
+            (permute_column_blocks(&plain.wq, d, &perm, hd), d, qd),
+            (permute_column_blocks(&plain.wk, d, &groups, hd), d, kvd),
+            (permute_column_blocks(&plain.wv, d, &groups, hd), d, kvd),
+            (wo, qd, d),
+        ];
+        let predictor = plain
+            .predictor
+            .as_ref()
+            .map(|pr| pr.permuted(&perm, d, &mut matrices));
+        let mut halves = [Writer::new(), Writer::new()];
+        let ids = store.emit_masked(matrices, &mut halves, ctx.prg);
+        if let Some((b1, b2)) = predictor {
+            put_shared_biases(&mut halves, b1, b2, ctx.prg);
+        }
+        if let Some((_, old)) = store.current_attn.insert(p.layer, (perm, ids)) {
+            store.retired.extend(old);
+        }
+        Ok(halves.map(Writer::finish))
+    }
+
+    fn decode(party: PartyId, p: &PermutedAttnParams, bytes: &[u8]) -> Result<Self, DealerError> {
+        let mut r = Reader::new(bytes);
+        let with_predictor = read_count(&mut r, 4, Self::NAME)?;
+        let wq = read_weight(&mut r, Self::NAME)?;
+        let wk = read_weight(&mut r, Self::NAME)?;
+        let wv = read_weight(&mut r, Self::NAME)?;
+        let wo = read_weight(&mut r, Self::NAME)?;
+        let predictor = if with_predictor {
+            let heads = p.n_heads as usize;
+            Some(read_predictor(&mut r, party, wq.k, heads, Self::NAME)?)
+        } else {
+            None
+        };
+        r.finish()
+            .map_err(|e| DealerError::malformed(Self::NAME, e))?;
+        let heads = (p.n_heads as usize).max(1);
+        if wk.k != wq.k
+            || wv.k != wq.k
+            || wv.n != wk.n
+            || wo.k != wq.n
+            || wo.n != wq.k
+            || wq.n % heads != 0
+        {
+            return Err(DealerError::Malformed(format!(
+                "{}: inconsistent shapes {}×{}, {}×{}, {}×{}, {}×{}",
+                Self::NAME,
+                wq.k,
+                wq.n,
+                wk.k,
+                wk.n,
+                wv.k,
+                wv.n,
+                wo.k,
+                wo.n
+            )));
+        }
+        Ok(PermutedAttn {
+            wq,
+            wk,
+            wv,
+            wo,
             predictor,
         })
     }
@@ -515,5 +781,99 @@ mod tests {
             !d.has_weight(ids[0]),
             "the previous session's mask is dropped"
         );
+    }
+
+    #[test]
+    fn permuted_attention_moves_heads_with_their_groups() {
+        let (dm, heads, groups, hd) = (3, 6, 2, 2);
+        let (qd, kvd) = (heads * hd, groups * hd);
+        let mut prg = comet_core::Prg::from_seed([7; 16]);
+        let plain = PlainAttn {
+            d: dm,
+            n_heads: heads,
+            n_kv_heads: groups,
+            head_dim: hd,
+            wq: prg.gen_u64s(dm * qd),
+            wk: prg.gen_u64s(dm * kvd),
+            wv: prg.gen_u64s(dm * kvd),
+            wo: prg.gen_u64s(qd * dm),
+            predictor: Some(PlainPredictor {
+                hidden: 2,
+                w1: prg.gen_u64s(dm * 2),
+                b1: prg.gen_u64s(2),
+                w2: prg.gen_u64s(2 * heads),
+                b2: prg.gen_u64s(heads),
+            }),
+        };
+        let mut d = Dealer::with_prg(comet_core::Prg::from_seed([8; 16]));
+        let params = PermutedAttnParams {
+            layer: 1,
+            n_heads: heads as u32,
+        };
+        let req = encode_request::<PermutedAttn>(&params);
+        assert!(d.serve(PartyId::P0, &req).is_err(), "no plaintext yet");
+        d.insert_plain_attn(1, plain.clone());
+        let wrong = encode_request::<PermutedAttn>(&PermutedAttnParams {
+            n_heads: 4,
+            ..params
+        });
+        assert!(d.serve(PartyId::P0, &wrong).is_err(), "head count checked");
+        let mut orders = std::collections::HashSet::new();
+        for _session in 0..12 {
+            let h = [
+                d.serve(PartyId::P0, &req).unwrap(),
+                d.serve(PartyId::P1, &req).unwrap(),
+            ];
+            let v0 = PermutedAttn::decode(PartyId::P0, &params, &h[0]).unwrap();
+            let v1 = PermutedAttn::decode(PartyId::P1, &params, &h[1]).unwrap();
+            let perm = d.head_permutation(1).unwrap().to_vec();
+            let group = heads / groups;
+            for (p, &head) in perm.iter().enumerate() {
+                assert_eq!(
+                    head / group,
+                    perm[p - p % group] / group,
+                    "a group stays together"
+                );
+            }
+            let w = |a: &FixedWeight, b: &FixedWeight| {
+                comet_core::ring::add(&a.masked, &reconstruct(&a.mask_share, &b.mask_share))
+            };
+            let (wq, wk, wo) = (w(&v0.wq, &v1.wq), w(&v0.wk, &v1.wk), w(&v0.wo, &v1.wo));
+            for i in 0..dm {
+                for (p, &head) in perm.iter().enumerate() {
+                    for c in 0..hd {
+                        assert_eq!(wq[i * qd + p * hd + c], plain.wq[i * qd + head * hd + c]);
+                        assert_eq!(
+                            wo[(p * hd + c) * dm + i],
+                            plain.wo[(head * hd + c) * dm + i]
+                        );
+                    }
+                    if p % group == 0 {
+                        let (pg, g) = (p / group, head / group);
+                        for c in 0..hd {
+                            assert_eq!(wk[i * kvd + pg * hd + c], plain.wk[i * kvd + g * hd + c]);
+                        }
+                    }
+                }
+            }
+            let (p0, p1) = (v0.predictor.unwrap(), v1.predictor.unwrap());
+            let b2 = reconstruct(&p0.b2, &p1.b2);
+            let w2 = w(&p0.w2, &p1.w2);
+            for (p, &head) in perm.iter().enumerate() {
+                assert_eq!(b2[p], plain.predictor.as_ref().unwrap().b2[head]);
+                assert_eq!(
+                    w2[heads + p],
+                    plain.predictor.as_ref().unwrap().w2[heads + head]
+                );
+            }
+            orders.insert(perm);
+        }
+        assert!(
+            orders.len() > 4,
+            "fresh orders per session: {}",
+            orders.len()
+        );
+        let h = d.serve(PartyId::P0, &req).unwrap();
+        assert!(PermutedAttn::decode(PartyId::P0, &params, &h[..h.len() - 5]).is_err());
     }
 }
