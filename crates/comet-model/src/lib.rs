@@ -13,6 +13,7 @@ pub mod error;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
+pub mod heads;
 pub mod linalg;
 pub mod predictor;
 pub mod sampling;
@@ -30,7 +31,8 @@ pub use forward::{
 };
 pub use generate::{generate, GenerationStats};
 pub use gguf::GgufFile;
-pub use predictor::Predictor;
+pub use heads::HeadPredictor;
+pub use predictor::{Predictor, PredictorTarget};
 pub use sampling::{Sampler, SamplingParams};
 pub use sparsity::{SelfGate, SparsitySpec};
 pub use tokenizer::{TextStreamer, Tokenizer};

@@ -3,10 +3,15 @@
 //! trained with candle (AdamW, recall-weighted binary cross-entropy) to predict the exact set
 //! (neurons whose |SiLU(gate)·up| exceeds the layer's calibrated threshold).
 //!
+//! The same file format and MLP also predict attention heads ([`crate::heads::HeadPredictor`],
+//! header `target: "heads"`): then the input is the normed attention input and the outputs
+//! are the query heads.
+//!
 //! File format (`comet train-predictor --out`): the 8 bytes `COMETMLP`, a little-endian u32
-//! header length, a JSON header ([`PredictorHeader`]: version, model SHA-256, shapes, per-layer
-//! thresholds), then per layer `w1 [hidden, d]`, `b1 [hidden]`, `w2 [ffn, hidden]`, `b2 [ffn]`
-//! as little-endian f32.
+//! header length, a JSON header ([`PredictorHeader`]: version, target, model SHA-256, shapes,
+//! per-layer thresholds), then per layer `w1 [hidden, d]`, `b1 [hidden]`, `w2 [outputs, hidden]`,
+//! `b2 [outputs]` as little-endian f32 (`outputs` = the header's `ffn_dim`: FFN neurons for
+//! target `ffn`, query heads for target `heads`).
 
 use std::path::Path;
 
@@ -24,6 +29,37 @@ use crate::sparsity::{CalibrationData, FfnMask, NeuronScore};
 pub const PREDICTOR_VERSION: u32 = 1;
 
 const MAGIC: &[u8; 8] = b"COMETMLP";
+
+/// What a predictor file predicts (its header's `target`; files without one are FFN predictors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictorTarget {
+    /// FFN neurons, from the normed FFN input ([`Predictor`]).
+    #[default]
+    Ffn,
+    /// Attention query heads, from the normed attention input
+    /// ([`crate::heads::HeadPredictor`]).
+    Heads,
+}
+
+impl PredictorTarget {
+    /// What the outputs are, for messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            PredictorTarget::Ffn => "FFN neurons (target ffn)",
+            PredictorTarget::Heads => "attention heads (target heads)",
+        }
+    }
+}
+
+impl std::fmt::Display for PredictorTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PredictorTarget::Ffn => "ffn",
+            PredictorTarget::Heads => "heads",
+        })
+    }
+}
 
 /// One layer's predictor: `logits = W2 · ReLU(W1 · x + b1) + b2`; neuron `j` is kept when
 /// `logits[j] > threshold`.
@@ -46,13 +82,16 @@ pub struct PredictorLayer {
 pub struct PredictorHeader {
     /// [`PREDICTOR_VERSION`].
     pub version: u32,
+    /// What the outputs predict (absent in older files: FFN neurons).
+    #[serde(default)]
+    pub target: PredictorTarget,
     /// SHA-256 (hex) of the model file it was trained on.
     pub model_sha256: String,
     /// Input width.
     pub d_model: usize,
     /// Hidden ReLU units.
     pub hidden: usize,
-    /// Outputs (FFN neurons).
+    /// Outputs: FFN neurons (target `ffn`) or query heads (target `heads`).
     pub ffn_dim: usize,
     /// Target fraction skipped.
     pub sparsity: f64,
@@ -69,7 +108,7 @@ pub struct Predictor {
     pub d_model: usize,
     /// Hidden ReLU units.
     pub hidden: usize,
-    /// Outputs (FFN neurons).
+    /// Outputs: FFN neurons here; query heads inside a [`crate::heads::HeadPredictor`].
     pub ffn_dim: usize,
     /// Target fraction skipped.
     pub sparsity: f64,
@@ -129,7 +168,7 @@ pub struct LayerTraining {
     pub final_loss: f64,
 }
 
-fn candle_err(e: candle_core::Error) -> ModelError {
+pub(crate) fn candle_err(e: candle_core::Error) -> ModelError {
     ModelError::InvalidInput(format!("predictor training: {e}"))
 }
 
@@ -270,10 +309,16 @@ impl Predictor {
         Ok((predictor, reports))
     }
 
-    /// Writes the predictor file.
+    /// Writes the predictor file (target `ffn`).
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_as(path, PredictorTarget::Ffn)
+    }
+
+    /// Writes the predictor file with header target `target`.
+    pub(crate) fn save_as(&self, path: &Path, target: PredictorTarget) -> Result<()> {
         let header = PredictorHeader {
             version: PREDICTOR_VERSION,
+            target,
             model_sha256: self.model_sha256.clone(),
             d_model: self.d_model,
             hidden: self.hidden,
@@ -303,10 +348,41 @@ impl Predictor {
         })
     }
 
-    /// Reads a predictor file and checks that it belongs to the model with hash `model_sha256`,
-    /// `n_layers` blocks, FFN input width `d_model` and `ffn_dim` neurons.
+    /// Reads an FFN predictor file (target `ffn`; a head predictor file is rejected) and
+    /// checks that it belongs to the model with hash `model_sha256`, `n_layers` blocks, FFN
+    /// input width `d_model` and `ffn_dim` neurons.
     pub fn load(
         path: &Path,
+        model_sha256: &str,
+        n_layers: usize,
+        d_model: usize,
+        ffn_dim: usize,
+    ) -> Result<Self> {
+        Self::load_as(
+            path,
+            PredictorTarget::Ffn,
+            model_sha256,
+            n_layers,
+            d_model,
+            ffn_dim,
+        )
+    }
+
+    /// The header of a predictor file (to learn its target before loading it).
+    pub fn read_header(path: &Path) -> Result<PredictorHeader> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            ModelError::InvalidInput(format!(
+                "predictor file {}: cannot read: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(parse_header(path, &bytes)?.0)
+    }
+
+    /// Reads a predictor file whose header target must be `target`, with `outputs` outputs.
+    pub(crate) fn load_as(
+        path: &Path,
+        target: PredictorTarget,
         model_sha256: &str,
         n_layers: usize,
         d_model: usize,
@@ -316,19 +392,12 @@ impl Predictor {
             ModelError::InvalidInput(format!("predictor file {}: {why}", path.display()))
         };
         let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        if bytes.len() < 12 || &bytes[..8] != MAGIC {
-            return Err(bad("not a comet predictor file (bad magic)".into()));
-        }
-        let header_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
-        let body = bytes
-            .get(12..12 + header_len)
-            .ok_or_else(|| bad("truncated header".into()))?;
-        let header: PredictorHeader =
-            serde_json::from_slice(body).map_err(|e| bad(format!("malformed header: {e}")))?;
-        if header.version != PREDICTOR_VERSION {
+        let (header, header_len) = parse_header(path, &bytes)?;
+        if header.target != target {
             return Err(bad(format!(
-                "version {} (this build reads version {PREDICTOR_VERSION})",
-                header.version
+                "it predicts {}, but {} are needed here",
+                header.target.describe(),
+                target.describe()
             )));
         }
         if header.model_sha256 != model_sha256 {
@@ -343,11 +412,12 @@ impl Predictor {
             || header.hidden == 0
         {
             return Err(bad(format!(
-                "shaped for {} layers, d_model {}, ffn {} (hidden {}); the model has {n_layers} layers, d_model {d_model}, ffn {ffn_dim}",
+                "shaped for {} layers, d_model {}, {} outputs (hidden {}); the model has {n_layers} layers, d_model {d_model}, {ffn_dim} {}",
                 header.thresholds.len(),
                 header.d_model,
                 header.ffn_dim,
-                header.hidden
+                header.hidden,
+                target.describe()
             )));
         }
         if header.thresholds.iter().any(|t| t.is_nan()) {
@@ -391,7 +461,29 @@ impl Predictor {
     }
 }
 
-fn seed_bytes(seed: u64) -> [u8; 16] {
+/// Checks the magic and version and parses the JSON header; returns it with its length.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(PredictorHeader, usize)> {
+    let bad =
+        |why: String| ModelError::InvalidInput(format!("predictor file {}: {why}", path.display()));
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return Err(bad("not a comet predictor file (bad magic)".into()));
+    }
+    let header_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    let body = bytes
+        .get(12..12usize.saturating_add(header_len))
+        .ok_or_else(|| bad("truncated header".into()))?;
+    let header: PredictorHeader =
+        serde_json::from_slice(body).map_err(|e| bad(format!("malformed header: {e}")))?;
+    if header.version != PREDICTOR_VERSION {
+        return Err(bad(format!(
+            "version {} (this build reads version {PREDICTOR_VERSION})",
+            header.version
+        )));
+    }
+    Ok((header, header_len))
+}
+
+pub(crate) fn seed_bytes(seed: u64) -> [u8; 16] {
     let mut s = [0u8; 16];
     s[..8].copy_from_slice(&seed.to_le_bytes());
     s[8..].copy_from_slice(b"predictr");
@@ -413,7 +505,7 @@ fn softplus(z: &Tensor) -> candle_core::Result<Tensor> {
     z.relu()? + z.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?
 }
 
-fn train_layer(
+pub(crate) fn train_layer(
     inputs: &[f32],
     labels: &[f32],
     rows: usize,
