@@ -18,7 +18,7 @@ use comet_core::{FixedPoint, PartyId, Prg};
 use comet_engine::local::capacity_for;
 use comet_engine::remote::{client_connect, dealer_session, server_session};
 use comet_engine::shares::{file_sha256, load_dealer, load_server_model, write_shares};
-use comet_engine::sparse::FfnMode;
+use comet_engine::sparse::SessionMode;
 use comet_model::{GgufFile, LlamaConfig, Sampler};
 use comet_net::{connect, Channel, Listener, NetProfile, TcpOptions, TlsIdentity};
 
@@ -172,7 +172,7 @@ pub fn party(args: PartyArgs) -> anyhow::Result<()> {
             let summary = server_session(
                 id,
                 &model,
-                &FfnMode::Dense,
+                &SessionMode::default(),
                 boxed(client),
                 boxed(other),
                 boxed(dealer),

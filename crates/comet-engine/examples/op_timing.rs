@@ -22,7 +22,7 @@ fn main() {
             let a = t.elapsed();
             let s = vec![0u64; 9 * 64];
             let t = Instant::now();
-            comet_engine::nl::causal_softmax(p, &s, 9, 1, 63).map_err(shape)?;
+            comet_engine::nl::causal_softmax(p, &s, &[0; 9], 63, 64).map_err(shape)?;
             let b = t.elapsed();
             let g = vec![0u64; 1536];
             let t = Instant::now();

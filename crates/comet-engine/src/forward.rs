@@ -18,6 +18,7 @@
 //! widths in `crate::nl`): one ulp (2^-12) is far below the nonlinear gates' error.
 
 use crate::error::{EngineError, Result};
+use crate::heads::{HeadPlan, HeadSession, Hole};
 use crate::kv::{kv_mask_id, LayerKv, SecureKvCache};
 use crate::model::ServerModel;
 use crate::nl;
@@ -65,6 +66,7 @@ pub fn forward(
     model: &ServerModel,
     cache: &mut SecureKvCache,
     ffn: &mut FfnSession,
+    mut heads: Option<&mut HeadSession>,
     mut x: Vec<u64>,
     m: usize,
     logits_rows: usize,
@@ -81,7 +83,18 @@ pub fn forward(
     let rope = Rope::new(c, model.fp, start, m);
     for (l, layer_kv) in cache.layers.iter_mut().enumerate() {
         let _layer = p.scope(&format!("layer.{l}"));
-        block(p, model, l, layer_kv, ffn, &rope, start, &mut x, m)?;
+        block(
+            p,
+            model,
+            l,
+            layer_kv,
+            ffn,
+            heads.as_deref_mut(),
+            &rope,
+            start,
+            &mut x,
+            m,
+        )?;
     }
     cache.len = start + m;
     let d = c.d_model;
@@ -98,62 +111,181 @@ fn block(
     l: usize,
     kv: &mut LayerKv,
     ffn: &mut FfnSession,
+    heads: Option<&mut HeadSession>,
     rope: &Rope,
     start: usize,
     x: &mut [u64],
     m: usize,
 ) -> Result<()> {
+    let out = attention(p, model, l, kv, heads, rope, start, x, m)?;
+    ring::add_assign(x, &out);
+
+    let down = feed_forward(p, model, l, ffn, x, m)?;
+    ring::add_assign(x, &down);
+    Ok(())
+}
+
+/// The attention block of residual `x` (`m` new rows at positions `start..`): RMSNorm fused with
+/// the Q/K/V product (and the head predictor's first layer) → [head-sparse: the predictor's
+/// bits, `crate::heads`] → RoPE and one truncation of the active queries, the written
+/// key/value rows and the refilled holes → one opening of all of them → scores of the active
+/// (row, head) pairs → truncation → causal softmax → one opening of the masked probabilities
+/// → `P·V` → `Wo` over every head (zeros for the inactive ones) → truncation by `2f`.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    p: &mut Party,
+    model: &ServerModel,
+    l: usize,
+    kv: &mut LayerKv,
+    heads: Option<&mut HeadSession>,
+    rope: &Rope,
+    start: usize,
+    x: &[u64],
+    m: usize,
+) -> Result<Vec<u64>> {
     let c = &model.config;
     let f = model.fp.frac_bits;
-    let w = &model.layers[l];
-    let d = c.d_model;
-    let t = start + m;
-
-    // Attention: RMSNorm fused with the Q/K/V product, whose opening and the RoPE truncation
-    // carry only the bits the values need (`nl::QK_BITS`, `nl::V_BITS`).
-    let qkv = {
-        let _s = p.scope("attn.norm");
-        nl::norm_matmul(p, x, m, d, c.norm_eps, &[&w.wq, &w.wk, &w.wv], nl::QK_BITS)?
+    let (d, t, hd, qd, kvd) = (c.d_model, start + m, c.head_dim, c.q_dim(), c.kv_dim());
+    let (n_heads, group) = (c.n_heads, c.group_size());
+    let (weights, predictor, mut state) = match heads {
+        None => {
+            let w = &model.layers[l];
+            ([&w.wq, &w.wk, &w.wv, &w.wo], None, None)
+        }
+        Some(hs) => {
+            let w = &hs.weights[l];
+            let gate = hs.policy.thresholds.as_ref().zip(w.predictor.as_ref());
+            ([&w.wq, &w.wk, &w.wv, &w.wo], gate, Some(&mut hs.state))
+        }
     };
-    let q_rot = rope.rotate(&qkv[0], m, c.n_heads, c.head_dim, true);
-    let k_rot = rope.rotate(&qkv[1], m, c.n_kv_heads, c.head_dim, false);
+    let mut products = weights[..3].to_vec();
+    if let Some((_, pr)) = predictor {
+        products.push(&pr.w1);
+    }
+    // RMSNorm fused with the Q/K/V product, whose opening and the RoPE truncation carry only
+    // the bits the values need (`nl::QK_BITS`, `nl::V_BITS`).
+    let mut qkv = {
+        let _s = p.scope("attn.norm");
+        nl::norm_matmul(p, x, m, d, c.norm_eps, &products, nl::QK_BITS)?
+    };
+    let plan = match state.as_deref_mut() {
+        None => HeadPlan::dense(c, m),
+        Some(state) => {
+            let predicted = match predictor {
+                Some((thresholds, pr)) => {
+                    let _s = p.scope("attn.gate");
+                    let hidden_pre = qkv.pop().expect("four products");
+                    Some(sparse::mlp_gate(p, &hidden_pre, pr, thresholds[l], m)?)
+                }
+                None => None,
+            };
+            state.plan(c, l, m, predicted)
+        }
+    };
+    let q_rot = rope.rotate(&qkv[0], m, n_heads, hd, true);
+    let k_rot = rope.rotate(&qkv[1], m, c.n_kv_heads, hd, false);
+    let v_raw = &qkv[2];
+    // Rows of this step whose group runs nowhere in it become holes.
+    let mut holes = Vec::new();
+    for g in (0..c.n_kv_heads).filter(|&g| !plan.write[g]) {
+        for i in 0..m {
+            let at = i * kvd + g * hd;
+            holes.push(Hole {
+                position: start + i,
+                group: g,
+                key: k_rot[at..at + hd].to_vec(),
+                value: v_raw[at..at + hd].to_vec(),
+            });
+        }
+    }
+    if let Some(state) = state {
+        state.keep_holes(l, holes);
+    }
+    // Pairs in head-major order (the score layout), and each pair's query segment.
+    let pairs: Vec<(usize, usize)> = (0..n_heads)
+        .flat_map(|h| plan.rows_of(h, n_heads).into_iter().map(move |i| (h, i)))
+        .collect();
+    if pairs.is_empty() {
+        // No head runs in any row: the block adds nothing and reads no cache row.
+        kv.keys_open.resize(t * kvd, 0);
+        kv.values_open.resize(t * kvd, 0);
+        return Ok(vec![0; m * d]);
+    }
+    let q_at: Vec<usize> = (0..m)
+        .flat_map(|i| {
+            let active = &plan.active[i * n_heads..(i + 1) * n_heads];
+            (0..n_heads)
+                .filter(|&h| active[h])
+                .map(move |h| i * qd + h * hd)
+        })
+        .collect();
+    // Cache rows written now, as (position, group): this step's, then the refilled holes.
+    let rows: Vec<(usize, usize)> = (0..m)
+        .flat_map(|i| (0..c.n_kv_heads).map(move |g| (start + i, g)))
+        .filter(|&(_, g)| plan.write[g])
+        .chain(plan.refills.iter().map(|h| (h.position, h.group)))
+        .collect();
+    let cache_at: Vec<usize> = rows.iter().map(|&(pos, g)| pos * kvd + g * hd).collect();
+    let fresh = |src: &[u64]| -> Vec<u64> {
+        rows.iter()
+            .filter(|&&(pos, _)| pos >= start)
+            .flat_map(|&(pos, g)| {
+                let at = (pos - start) * kvd + g * hd;
+                src[at..at + hd].iter().copied()
+            })
+            .collect()
+    };
+    let mut k_sel = fresh(&k_rot);
+    let mut v_sel = fresh(v_raw);
+    for hole in &plan.refills {
+        k_sel.extend_from_slice(&hole.key);
+        v_sel.extend_from_slice(&hole.value);
+    }
     let qkv = {
         let _s = p.scope("attn.rope");
         trunc::truncate_many_narrow(
             p,
             &[
-                (&q_rot, 2 * f, nl::QK_BITS),
-                (&k_rot, 2 * f, nl::QK_BITS),
-                (&qkv[2], f, nl::V_BITS),
+                (&gather_segments(&q_rot, &q_at, hd), 2 * f, nl::QK_BITS),
+                (&k_sel, 2 * f, nl::QK_BITS),
+                (&v_sel, f, nl::V_BITS),
             ],
         )?
     };
-    let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
     let params = AttnParams {
         m,
-        n_heads: c.n_heads,
+        n_heads,
         n_kv_heads: c.n_kv_heads,
-        head_dim: c.head_dim,
+        head_dim: hd,
         cache: kv_mask_id(l, false),
         rows: t,
     };
     let scores = {
         let _s = p.scope("attn.scores");
         let mask: AttnScoreMask = p.correlation(&params)?;
-        let width = c.kv_dim();
-        let e_share = ring::sub(q, &mask.a);
-        let k_share = ring::sub(k, &kv.key_mask[start * width..t * width]);
-        let v_share = ring::sub(v, &kv.value_mask[start * width..t * width]);
+        let e_share = ring::sub(&qkv[0], &gather_segments(&mask.a, &q_at, hd));
+        let k_share = ring::sub(&qkv[1], &gather_segments(&kv.key_mask, &cache_at, hd));
+        let v_share = ring::sub(&qkv[2], &gather_segments(&kv.value_mask, &cache_at, hd));
         let opened = arith::open_many(p, &[(&e_share, 64), (&k_share, 64), (&v_share, 64)])?;
-        kv.keys_open.extend_from_slice(&opened[1]);
-        kv.values_open.extend_from_slice(&opened[2]);
-        let raw = attention_scores(p.is_p0(), c, &opened[0], &mask, kv, m, t);
+        kv.keys_open.resize(t * kvd, 0);
+        kv.values_open.resize(t * kvd, 0);
+        for (r, &at) in cache_at.iter().enumerate() {
+            kv.keys_open[at..at + hd].copy_from_slice(&opened[1][r * hd..(r + 1) * hd]);
+            kv.values_open[at..at + hd].copy_from_slice(&opened[2][r * hd..(r + 1) * hd]);
+        }
+        // The opened query of pair (h, i), by its place in `q_at`'s row-major order.
+        let e_of = |h: usize, i: usize| {
+            let k = q_at.binary_search(&(i * qd + h * hd)).expect("active pair");
+            &opened[0][k * hd..(k + 1) * hd]
+        };
+        let raw = attention_scores(p.is_p0(), c, &pairs, e_of, &mask, kv, m, t);
         let truncated = trunc::truncate_many_narrow(p, &[(&raw, f, nl::SCORE_BITS)])?;
         truncated.into_iter().next().expect("one part")
     };
     let probs = {
         let _s = p.scope("attn.softmax");
-        nl::causal_softmax(p, &scores, c.n_heads, m, start)?
+        let row_of: Vec<usize> = pairs.iter().map(|&(_, i)| i).collect();
+        nl::causal_softmax(p, &scores, &row_of, start, t)?
     };
     let attn = {
         let _s = p.scope("attn.pv");
@@ -162,19 +294,24 @@ fn block(
             ..params
         };
         let mask: AttnValueMask = p.correlation(&params)?;
-        let e = arith::open(p, &ring::sub(&probs, &mask.a))?;
-        attention_values(p.is_p0(), c, &e, &mask, kv, m, t)
+        let a: Vec<u64> = pairs
+            .iter()
+            .flat_map(|&(h, i)| mask.a[(h * m + i) * t..(h * m + i + 1) * t].iter().copied())
+            .collect();
+        let e = arith::open(p, &ring::sub(&probs, &a))?;
+        attention_values(p.is_p0(), c, &pairs, &e, &a, &mask.c, kv, m, t)
     };
-    let out = {
-        let _s = p.scope("attn.out");
-        let o = arith::matmul_fixed_bits(p, &attn, m, &[&w.wo], nl::RESIDUAL_BITS)?;
-        nl::truncate_residual(p, &o[0], 2 * f)?
-    };
-    ring::add_assign(x, &out);
+    let _s = p.scope("attn.out");
+    debug_assert_eq!(group * c.n_kv_heads, n_heads);
+    let o = arith::matmul_fixed_bits(p, &attn, m, &[weights[3]], nl::RESIDUAL_BITS)?;
+    nl::truncate_residual(p, &o[0], 2 * f)
+}
 
-    let down = feed_forward(p, model, l, ffn, x, m)?;
-    ring::add_assign(x, &down);
-    Ok(())
+/// The `width` values at each offset of `at`, concatenated.
+fn gather_segments(src: &[u64], at: &[usize], width: usize) -> Vec<u64> {
+    at.iter()
+        .flat_map(|&o| src[o..o + width].iter().copied())
+        .collect()
 }
 
 /// The SwiGLU block of residual `x`: RMSNorm fused with the gate/up product; in sparse mode
@@ -266,12 +403,15 @@ fn head_cols(x: &[u64], rows: usize, width: usize, h: usize, hd: usize) -> Vec<u
     out
 }
 
-/// Shares of the raw scores `Q·Kᵀ` (scale `2f`), `n_heads × m × t`, from the opened masked
-/// query `e = Q − A` and the opened key rows: `[E·F_Kᵀ] + E·B_Kᵀ + A·F_Kᵀ + C`.
-fn attention_scores(
+/// Shares of the raw scores `Q·Kᵀ` (scale `2f`) of the active `pairs` (head, row), each a row
+/// of `t`, from the opened masked queries `e_of(h, i) = Q − A` and the opened key rows:
+/// `[E·F_Kᵀ] + E·B_Kᵀ + A·F_Kᵀ + C`.
+#[allow(clippy::too_many_arguments)]
+fn attention_scores<'e>(
     is_p0: bool,
     c: &LlamaConfig,
-    e: &[u64],
+    pairs: &[(usize, usize)],
+    e_of: impl Fn(usize, usize) -> &'e [u64],
     mask: &AttnScoreMask,
     kv: &LayerKv,
     m: usize,
@@ -279,51 +419,71 @@ fn attention_scores(
 ) -> Vec<u64> {
     let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
     let group = c.group_size();
-    let mut out = mask.c.clone();
+    let mut out = vec![0u64; pairs.len() * t];
     for g in 0..c.n_kv_heads {
+        let mine: Vec<usize> = (0..pairs.len())
+            .filter(|&k| pairs[k].0 / group == g)
+            .collect();
+        let (Some(&first), Some(&last)) = (mine.first(), mine.last()) else {
+            continue;
+        };
         let f_k = head_cols(&kv.keys_open, t, kvd, g, hd);
         let b_k = head_cols(&kv.key_mask[..t * kvd], t, kvd, g, hd);
         let e_side = if is_p0 { ring::add(&f_k, &b_k) } else { b_k };
-        for h in g * group..(g + 1) * group {
-            let e_h = head_cols(e, m, qd, h, hd);
-            let a_h = head_cols(&mask.a, m, qd, h, hd);
-            let dst = &mut out[h * m * t..(h + 1) * m * t];
-            matmul::matmul_transposed_b_acc(&e_h, &e_side, m, hd, t, dst);
-            matmul::matmul_transposed_b_acc(&a_h, &f_k, m, hd, t, dst);
+        let rows = last + 1 - first;
+        let mut e = Vec::with_capacity(rows * hd);
+        let mut a = Vec::with_capacity(rows * hd);
+        for &(h, i) in &pairs[first..=last] {
+            e.extend_from_slice(e_of(h, i));
+            a.extend_from_slice(&mask.a[i * qd + h * hd..i * qd + (h + 1) * hd]);
         }
+        let dst = &mut out[first * t..(last + 1) * t];
+        for (row, &(h, i)) in dst.chunks_exact_mut(t).zip(&pairs[first..=last]) {
+            row.copy_from_slice(&mask.c[(h * m + i) * t..(h * m + i + 1) * t]);
+        }
+        matmul::matmul_transposed_b_acc(&e, &e_side, rows, hd, t, dst);
+        matmul::matmul_transposed_b_acc(&a, &f_k, rows, hd, t, dst);
     }
     out
 }
 
-/// Shares of `P·V` (scale `2f`), `m × q_dim`, from the opened masked probabilities
-/// `e = P − A` (`n_heads × m × t`) and the opened value rows: `[E·F_V] + E·B_V + A·F_V + C`.
+/// Shares of `P·V` (scale `2f`), `m × q_dim` with zeros for inactive heads, from the opened
+/// masked probabilities `e = P − A` of the active `pairs` (`pairs × t`, mask `a`) and the
+/// opened value rows: `[E·F_V] + E·B_V + A·F_V + C`.
+#[allow(clippy::too_many_arguments)]
 fn attention_values(
     is_p0: bool,
     c: &LlamaConfig,
+    pairs: &[(usize, usize)],
     e: &[u64],
-    mask: &AttnValueMask,
+    a: &[u64],
+    mask_c: &[u64],
     kv: &LayerKv,
     m: usize,
     t: usize,
 ) -> Vec<u64> {
     let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
     let group = c.group_size();
-    let mut out = mask.c.clone();
+    let mut out = vec![0u64; m * qd];
     for g in 0..c.n_kv_heads {
+        let mine: Vec<usize> = (0..pairs.len())
+            .filter(|&k| pairs[k].0 / group == g)
+            .collect();
+        let (Some(&first), Some(&last)) = (mine.first(), mine.last()) else {
+            continue;
+        };
         let f_v = head_cols(&kv.values_open, t, kvd, g, hd);
         let b_v = head_cols(&kv.value_mask[..t * kvd], t, kvd, g, hd);
         let e_side = if is_p0 { ring::add(&f_v, &b_v) } else { b_v };
-        for h in g * group..(g + 1) * group {
-            let e_h = &e[h * m * t..(h + 1) * m * t];
-            let a_h = &mask.a[h * m * t..(h + 1) * m * t];
-            let mut o = matmul::matmul(e_h, &e_side, m, t, hd);
-            matmul::matmul_acc(a_h, &f_v, m, t, hd, &mut o);
-            for i in 0..m {
-                ring::add_assign(
-                    &mut out[i * qd + h * hd..i * qd + (h + 1) * hd],
-                    &o[i * hd..(i + 1) * hd],
-                );
-            }
+        let rows = last + 1 - first;
+        let span = first * t..(last + 1) * t;
+        let mut o = matmul::matmul(&e[span.clone()], &e_side, rows, t, hd);
+        matmul::matmul_acc(&a[span], &f_v, rows, t, hd, &mut o);
+        for (r, &(h, i)) in pairs[first..=last].iter().enumerate() {
+            let at = i * qd + h * hd;
+            let dst = &mut out[at..at + hd];
+            dst.copy_from_slice(&mask_c[at..at + hd]);
+            ring::add_assign(dst, &o[r * hd..(r + 1) * hd]);
         }
     }
     out

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod forward;
+pub mod heads;
 pub mod kv;
 pub mod local;
 pub mod model;

@@ -6,7 +6,7 @@ use crate::model::{share_model, ServerModel};
 use crate::remote::{client_connect, dealer_session, server_session};
 use crate::report::GenerationReport;
 use crate::session::{Client, ServerSummary};
-use crate::sparse::FfnMode;
+use crate::sparse::SessionMode;
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{Dealer, InProcessDealer};
 use comet_model::predictor::Predictor;
@@ -56,7 +56,7 @@ impl LocalDeployment {
     /// deployment runs one session at a time: starting a new one replaces the previous
     /// session's masks.
     pub fn session(&mut self, capacity: usize, net: NetProfile) -> Result<LocalSession> {
-        self.session_with(capacity, net, FfnMode::Dense)
+        self.session_with(capacity, net, SessionMode::default())
     }
 
     /// Gives the dealer the model's plaintext FFN weights, which sparse sessions need (the
@@ -94,13 +94,44 @@ impl LocalDeployment {
             .with(|d| d.ffn_permutation(layer as u32).map(<[usize]>::to_vec))
     }
 
-    /// [`LocalDeployment::session`] with the FFN run as `mode` says.
+    /// Gives the dealer the model's plaintext attention weights, which head-sparse sessions
+    /// need (permuted per session), with the trained head predictor if the gate uses one.
+    pub fn enable_sparse_heads(
+        &mut self,
+        model: &Model,
+        predictor: Option<&Predictor>,
+    ) -> Result<()> {
+        let c = model.config();
+        if c != &self.config {
+            return Err(EngineError::ShareMismatch(
+                "enable_sparse_heads got a model other than the shared one".into(),
+            ));
+        }
+        for l in 0..c.n_layers {
+            let mut plain = crate::model::plain_attn(model, self.fp, l);
+            plain.predictor = predictor
+                .map(|pr| crate::model::plain_head_predictor(model, pr, self.fp, l))
+                .transpose()?;
+            self.dealer.with(|d| d.insert_plain_attn(l as u32, plain));
+        }
+        Ok(())
+    }
+
+    /// The secret head order of layer `layer` in the current head-sparse session, as only
+    /// the dealer knows it (position `i` of the servers' order holds head `perm[i]`).
+    pub fn head_permutation(&self, layer: usize) -> Option<Vec<usize>> {
+        self.dealer
+            .with(|d| d.head_permutation(layer as u32).map(<[usize]>::to_vec))
+    }
+
+    /// [`LocalDeployment::session`] with the FFN and attention run as `mode` says.
     pub fn session_with(
         &mut self,
         capacity: usize,
         net: NetProfile,
-        mode: FfnMode,
+        mode: impl Into<SessionMode>,
     ) -> Result<LocalSession> {
+        let mode: SessionMode = mode.into();
         check_capacity(&self.config, capacity)?;
         let spawn_err =
             |e: std::io::Error| EngineError::Session(format!("cannot start a party thread: {e}"));

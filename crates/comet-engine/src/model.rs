@@ -9,7 +9,7 @@
 
 use crate::error::{EngineError, Result};
 use comet_core::{FixedPoint, PartyId};
-use comet_dealer::kinds::sparse::{PlainFfn, PlainPredictor};
+use comet_dealer::kinds::sparse::{PlainAttn, PlainFfn, PlainPredictor};
 use comet_dealer::{Dealer, FixedWeight};
 use comet_model::predictor::Predictor;
 use comet_model::{LlamaConfig, Matrix, Model};
@@ -151,18 +151,68 @@ pub fn plain_ffn(model: &Model, fp: FixedPoint, layer: usize) -> PlainFfn {
     }
 }
 
-/// Layer `layer` of a trained predictor in the dealer's fixed-point form: W1 input-major with
-/// the FFN-norm gain folded in (the predictor reads the normalised input), biases at the
-/// scales of the products they join (`2f` for b1, `3f` for b2).
+/// Layer `layer`'s plaintext fixed-point attention (gain folded into Q, K and V), as the dealer
+/// keeps it for per-session head permutation.
+pub fn plain_attn(model: &Model, fp: FixedPoint, layer: usize) -> PlainAttn {
+    let c = model.config();
+    let base = 1 + 7 * layer;
+    PlainAttn {
+        d: c.d_model,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        wq: fixed_point_weight(model, fp, base).0,
+        wk: fixed_point_weight(model, fp, base + 1).0,
+        wv: fixed_point_weight(model, fp, base + 2).0,
+        wo: fixed_point_weight(model, fp, base + 3).0,
+        predictor: None,
+    }
+}
+
+/// Layer `layer` of a trained FFN predictor in the dealer's fixed-point form (see
+/// [`predictor_at`]), reading the FFN norm's output.
 pub fn plain_predictor(
     model: &Model,
     predictor: &Predictor,
     fp: FixedPoint,
     layer: usize,
 ) -> PlainPredictor {
+    let gain = &model.weights().layers[layer].ffn_norm;
+    predictor_at(predictor, gain, fp, layer)
+}
+
+/// Layer `layer` of a trained head predictor in the dealer's fixed-point form, reading the
+/// attention norm's output; fails for a predictor of FFN neurons.
+pub fn plain_head_predictor(
+    model: &Model,
+    predictor: &Predictor,
+    fp: FixedPoint,
+    layer: usize,
+) -> Result<PlainPredictor> {
+    let c = model.config();
+    if predictor.ffn_dim != c.n_heads || predictor.layers.len() != c.n_layers {
+        return Err(EngineError::InvalidRequest(format!(
+            "a head predictor needs {} outputs per layer for {} layers; this one has {} for {}",
+            c.n_heads,
+            c.n_layers,
+            predictor.ffn_dim,
+            predictor.layers.len()
+        )));
+    }
+    let gain = &model.weights().layers[layer].attn_norm;
+    Ok(predictor_at(predictor, gain, fp, layer))
+}
+
+/// W1 input-major with the norm gain `gain` folded in (the predictor reads the normalised
+/// input), biases at the scales of the products they join (`2f` for b1, `3f` for b2).
+fn predictor_at(
+    predictor: &Predictor,
+    gain: &[f32],
+    fp: FixedPoint,
+    layer: usize,
+) -> PlainPredictor {
     let (d, h, n) = (predictor.d_model, predictor.hidden, predictor.ffn_dim);
     let pl = &predictor.layers[layer];
-    let gain = &model.weights().layers[layer].ffn_norm;
     let f = fp.frac_bits as f64;
     let at = |v: f64, frac: f64| ((v * frac.exp2()).round() as i64) as u64;
     let mut w1 = vec![0u64; d * h];

@@ -40,39 +40,36 @@ pub fn norm_matmul(
     )?)
 }
 
-/// Causal softmax of scores laid out `n_heads × m × t` (scale f), where query row `i` sits at
-/// position `start + i` and sees keys `0..=start + i` (`t = start + m`). Returns probabilities
-/// at scale f. ⌈log2 t⌉ + 6 rounds (see `comet_protocols::nonlinear::softmax`).
+/// Causal softmax of score rows of `t` keys (scale f), where row `r` belongs to query row
+/// `row_of[r]` of the step, at position `start + row_of[r]`, and sees keys
+/// `0..=start + row_of[r]` (`t = start + m`). Returns probabilities at scale f.
+/// ⌈log2 t⌉ + 6 rounds (see `comet_protocols::nonlinear::softmax`).
 pub fn causal_softmax(
     p: &mut Party,
     scores: &[u64],
-    n_heads: usize,
-    m: usize,
+    row_of: &[usize],
     start: usize,
+    t: usize,
 ) -> Result<Vec<u64>> {
-    let t = start + m;
-    if scores.len() != n_heads * m * t {
+    if scores.len() != row_of.len() * t || row_of.iter().any(|&i| start + i >= t) {
         return Err(EngineError::InvalidRequest(format!(
-            "softmax of {} scores as {n_heads} heads × {m} rows × {t} keys",
-            scores.len()
+            "softmax of {} scores as {} rows × {t} keys from position {start}",
+            scores.len(),
+            row_of.len()
         )));
     }
-    let rows = n_heads * m;
     let mut x = scores.to_vec();
-    if p.is_p0() && m > 1 {
+    if p.is_p0() {
         let offset = p.fp.encode(CAUSAL_MASK_OFFSET);
-        for h in 0..n_heads {
-            for i in 0..m {
-                let row = &mut x[(h * m + i) * t..(h * m + i + 1) * t];
-                for v in &mut row[start + i + 1..] {
-                    *v = v.wrapping_add(offset);
-                }
+        for (row, &i) in x.chunks_exact_mut(t).zip(row_of) {
+            for v in &mut row[start + i + 1..] {
+                *v = v.wrapping_add(offset);
             }
         }
     }
-    // The protocol layer's causal mask counts rows globally; ours restart for every head,
-    // so the mask is applied here as a public offset and the softmax runs unmasked.
-    Ok(nonlinear::softmax_rows(p, &x, rows, t, None)?)
+    // The protocol layer's causal mask counts rows globally; ours are per query row, so the
+    // mask is applied here as a public offset and the softmax runs unmasked.
+    Ok(nonlinear::softmax_rows(p, &x, row_of.len(), t, None)?)
 }
 
 /// Ring width of the queries and keys after RoPE (scale `3f`): |x| < 2^(56−2−36) = 2^18 in

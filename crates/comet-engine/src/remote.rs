@@ -12,7 +12,7 @@ use crate::kv::{start_kv_session, KvSessionSeeds};
 use crate::model::ServerModel;
 use crate::report::TimedSource;
 use crate::session::{serve_session, Client, ServerSummary};
-use crate::sparse::FfnMode;
+use crate::sparse::SessionMode;
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{serve_party, Dealer, RemoteSource};
 use comet_model::LlamaConfig;
@@ -99,7 +99,7 @@ pub fn client_connect(
 pub fn server_session(
     id: PartyId,
     model: &ServerModel,
-    mode: &FfnMode,
+    mode: &SessionMode,
     mut client: Box<dyn Channel>,
     peer: Box<dyn Channel>,
     mut dealer: Box<dyn Channel>,

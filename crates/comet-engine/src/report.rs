@@ -122,6 +122,15 @@ pub struct PartyCosts {
     /// Time of that set-up, milliseconds (inside the client's wall time of the step).
     #[serde(default)]
     pub setup_ms: f64,
+    /// Head sparsity: active (token, head) pairs per layer in this step (empty otherwise).
+    #[serde(default)]
+    pub attn_active: Vec<u64>,
+    /// Head sparsity: key/value rows × groups left unwritten (holes) in this step.
+    #[serde(default)]
+    pub kv_holes: u64,
+    /// Head sparsity: holes of earlier steps refilled in this step (KV misses).
+    #[serde(default)]
+    pub kv_refilled: u64,
 }
 
 impl PartyCosts {
@@ -190,6 +199,16 @@ pub struct StepCosts {
     /// Offline bytes of the session set-up delivered with this step (both servers).
     #[serde(default)]
     pub setup_offline_bytes: u64,
+    /// Head sparsity: active (token, head) pairs per layer (empty otherwise).
+    #[serde(default)]
+    pub attn_active: Vec<u64>,
+    /// Head sparsity: key/value rows × groups left as holes in this step.
+    #[serde(default)]
+    pub kv_holes: u64,
+    /// Head sparsity: holes refilled in this step (KV misses); refills ride the step's own
+    /// truncation and opening rounds.
+    #[serde(default)]
+    pub kv_refilled: u64,
     /// Each server's record (P0, P1).
     pub servers: Vec<PartyCosts>,
 }
@@ -224,6 +243,11 @@ impl StepCosts {
                 .first()
                 .map_or_else(Vec::new, |s| s.ffn_active.clone()),
             setup_offline_bytes: servers.iter().map(|s| s.setup_offline_bytes).sum(),
+            attn_active: servers
+                .first()
+                .map_or_else(Vec::new, |s| s.attn_active.clone()),
+            kv_holes: servers.first().map_or(0, |s| s.kv_holes),
+            kv_refilled: servers.first().map_or(0, |s| s.kv_refilled),
             servers,
         }
     }

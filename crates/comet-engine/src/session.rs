@@ -10,10 +10,11 @@
 
 use crate::error::{EngineError, Result};
 use crate::forward;
+use crate::heads::HeadSession;
 use crate::kv::{KvSessionSeeds, SecureKvCache};
 use crate::model::ServerModel;
 use crate::report::{DealerClock, PartyCosts, StepCosts};
-use crate::sparse::{FfnMode, FfnSession};
+use crate::sparse::{FfnSession, SessionMode};
 use comet_core::{FixedPoint, PartyId, Seed};
 use comet_dealer::kinds::attention::ClientInputMask;
 use comet_dealer::kinds::expand;
@@ -38,6 +39,11 @@ pub struct ServerSummary {
     /// Sparse FFN only: per step, per layer, the opened self-gate bits (`tokens × ffn_dim`,
     /// in the session's secret neuron order) — what this server learned.
     pub ffn_masks: Vec<Vec<Vec<bool>>>,
+    /// Head sparsity only: per step, per layer, the heads that ran (`tokens × n_heads`, in the
+    /// session's secret head order) — what this server learned.
+    pub head_masks: Vec<Vec<Vec<bool>>>,
+    /// This server's share of the KV cache at the end of the session (after `END`).
+    pub cache: Option<SecureKvCache>,
 }
 
 /// Serves one client session on one server until the client sends `END` (or fails).
@@ -45,7 +51,7 @@ pub fn serve_session(
     p: &mut Party,
     model: &ServerModel,
     seeds: &KvSessionSeeds,
-    mode: &FfnMode,
+    mode: &SessionMode,
     client: &mut dyn Channel,
     clock: &DealerClock,
 ) -> Result<ServerSummary> {
@@ -57,6 +63,7 @@ pub fn serve_session(
     }
     let mut cache = SecureKvCache::new(&model.config, seeds)?;
     let mut ffn: Option<FfnSession> = None;
+    let mut heads: Option<HeadSession> = None;
     let mut summary = ServerSummary::default();
     loop {
         let msg = match client.recv() {
@@ -71,6 +78,7 @@ pub fn serve_session(
         let request = parse_request(&msg)?;
         let Some((m, all_logits)) = request else {
             summary.positions = cache.len;
+            summary.cache = Some(cache);
             return Ok(summary);
         };
         let step = StepContext {
@@ -79,9 +87,12 @@ pub fn serve_session(
             mode,
             clock,
         };
-        match serve_step(p, model, &mut cache, &mut ffn, client, &step) {
+        match serve_step(p, model, &mut cache, &mut ffn, &mut heads, client, &step) {
             Ok(()) => {
                 summary.steps += 1;
+                if let Some(h) = &heads {
+                    summary.head_masks.push(h.state.masks().to_vec());
+                }
                 if let Some(f) = &ffn {
                     if !f.last_masks().is_empty() {
                         summary.ffn_masks.push(f.last_masks().to_vec());
@@ -130,7 +141,7 @@ fn reply_error(chan: &mut dyn Channel, text: &str) -> Result<()> {
 struct StepContext<'a> {
     m: usize,
     all_logits: bool,
-    mode: &'a FfnMode,
+    mode: &'a SessionMode,
     clock: &'a DealerClock,
 }
 
@@ -139,6 +150,7 @@ fn serve_step(
     model: &ServerModel,
     cache: &mut SecureKvCache,
     ffn: &mut Option<FfnSession>,
+    heads: &mut Option<HeadSession>,
     client: &mut dyn Channel,
     step: &StepContext,
 ) -> Result<()> {
@@ -155,17 +167,22 @@ fn serve_step(
     // The first step (and the first after a re-permutation) sets up the session's FFN (for
     // the sparse FFN: the permuted weights); its bytes and time are reported apart.
     let (mut setup_offline_bytes, mut setup_ms) = (0, 0.0);
-    let ffn = match ffn {
-        Some(f) => f,
-        None => {
-            let (before, setup_started) = (p.offline_meter().total(), Instant::now());
-            let started = FfnSession::start(p, mode, &model.config)?;
-            let spent = p.offline_meter().total().since(&before);
-            setup_offline_bytes = spent.bytes_sent + spent.bytes_received;
-            setup_ms = setup_started.elapsed().as_secs_f64() * 1e3;
-            ffn.insert(started)
+    if ffn.is_none() || (heads.is_none() && mode.heads.is_some()) {
+        let (before, setup_started) = (p.offline_meter().total(), Instant::now());
+        if ffn.is_none() {
+            *ffn = Some(FfnSession::start(p, &mode.ffn, &model.config)?);
         }
-    };
+        if let (None, Some(policy)) = (&heads, &mode.heads) {
+            *heads = Some(HeadSession::start(p, policy, &model.config)?);
+        }
+        let spent = p.offline_meter().total().since(&before);
+        setup_offline_bytes = spent.bytes_sent + spent.bytes_received;
+        setup_ms = setup_started.elapsed().as_secs_f64() * 1e3;
+    }
+    let ffn = ffn.as_mut().expect("started above");
+    if let Some(h) = heads.as_mut() {
+        h.state.begin_step(model.config.n_layers);
+    }
     let before = PartyCosts::snapshot(p, clock);
     let started = Instant::now();
     let vocab = model.config.vocab_size;
@@ -186,9 +203,16 @@ fn serve_step(
         .map_err(|err| EngineError::Session(format!("masked one-hots: {err}")))?;
     let x = forward::embed(p, model, &e, &mask.mask, m)?;
     let rows = if all_logits { m } else { 1 };
-    let logits = forward::forward(p, model, cache, ffn, x, m, rows)?;
+    let logits = forward::forward(p, model, cache, ffn, heads.as_mut(), x, m, rows)?;
     let mut costs = PartyCosts::snapshot(p, clock).since(&before, started.elapsed());
     costs.ffn_active = ffn.last_active_counts();
+    if let Some(h) = heads.as_mut() {
+        let stats = h.state.stats();
+        costs.attn_active = stats.active.clone();
+        costs.kv_holes = stats.holes;
+        costs.kv_refilled = stats.refilled;
+        h.state.end_step();
+    }
     costs.setup_offline_bytes = setup_offline_bytes;
     costs.setup_ms = setup_ms;
     let mut w = Writer::new();

@@ -80,15 +80,9 @@ impl SparseFfn {
                 config.ffn_dim
             )));
         }
-        let scale = (3.0 * fp.frac_bits as f64).exp2();
-        let thresholds = p
-            .layers
-            .iter()
-            .map(|l| ((l.threshold * scale).round() as i64) as u64)
-            .collect();
         Ok(Self {
             sparsity: p.sparsity,
-            gate: SparseGate::Mlp(thresholds),
+            gate: SparseGate::Mlp(thresholds_at_3f(p, fp)),
             repermute_every: None,
         })
     }
@@ -147,6 +141,33 @@ impl FfnMode {
             FfnMode::Dense => "dense",
             FfnMode::Sparse(_) => "sparse",
         }
+    }
+}
+
+/// How a session runs: its FFN (dense or sparse) and, optionally, attention-head sparsity.
+#[derive(Clone, Debug, Default)]
+pub struct SessionMode {
+    /// The FFN blocks.
+    pub ffn: FfnMode,
+    /// Head sparsity with KV holes (`crate::heads`); `None` runs every head.
+    pub heads: Option<Arc<crate::heads::SparseHeads>>,
+}
+
+impl SessionMode {
+    /// Short name for reports: `dense`, `sparse`, `heads` or `sparse+heads`.
+    pub fn name(&self) -> &'static str {
+        match (&self.ffn, &self.heads) {
+            (FfnMode::Dense, None) => "dense",
+            (FfnMode::Sparse(_), None) => "sparse",
+            (FfnMode::Dense, Some(_)) => "heads",
+            (FfnMode::Sparse(_), Some(_)) => "sparse+heads",
+        }
+    }
+}
+
+impl From<FfnMode> for SessionMode {
+    fn from(ffn: FfnMode) -> Self {
+        Self { ffn, heads: None }
     }
 }
 
@@ -238,6 +259,16 @@ impl FfnSession {
             FfnSession::Sparse { last_masks, .. } => last_masks,
         }
     }
+}
+
+/// A trained predictor's per-layer logit thresholds at scale `3f`, where the secure gate
+/// compares its logits.
+pub fn thresholds_at_3f(p: &Predictor, fp: FixedPoint) -> Vec<u64> {
+    let scale = (3.0 * fp.frac_bits as f64).exp2();
+    p.layers
+        .iter()
+        .map(|l| ((l.threshold * scale).round() as i64) as u64)
+        .collect()
 }
 
 /// Ring width of the predictor's hidden pre-activations (scale `2f`) and logits (scale `3f`)

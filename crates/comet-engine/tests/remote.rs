@@ -5,7 +5,7 @@ use comet_core::{FixedPoint, PartyId, Prg};
 use comet_engine::local::{capacity_for, generate};
 use comet_engine::remote::{client_connect, dealer_session, server_session};
 use comet_engine::shares::{file_sha256, load_dealer, load_server_model, write_shares};
-use comet_engine::sparse::FfnMode;
+use comet_engine::sparse::SessionMode;
 use comet_engine::EngineError;
 use comet_model::{Model, Sampler, SamplingParams};
 use comet_net::{memory_pair, Channel};
@@ -66,7 +66,7 @@ fn shares_on_disk_and_separate_parties_reproduce_plaintext_greedy() {
         server_session(
             PartyId::P0,
             &m0,
-            &FfnMode::Dense,
+            &SessionMode::default(),
             boxed(s0),
             boxed(p01),
             boxed(d0),
@@ -76,7 +76,7 @@ fn shares_on_disk_and_separate_parties_reproduce_plaintext_greedy() {
         server_session(
             PartyId::P1,
             &m1,
-            &FfnMode::Dense,
+            &SessionMode::default(),
             boxed(s1),
             boxed(p10),
             boxed(d1),
