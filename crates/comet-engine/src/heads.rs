@@ -28,7 +28,7 @@
 use crate::error::{EngineError, Result};
 use comet_core::FixedPoint;
 use comet_dealer::kinds::sparse::{PermutedAttn, PermutedAttnParams};
-use comet_model::predictor::Predictor;
+use comet_model::heads::HeadPredictor;
 use comet_model::LlamaConfig;
 use comet_protocols::Party;
 use std::sync::Arc;
@@ -45,12 +45,20 @@ pub struct SparseHeads {
     /// layer skips one whole group of the secret order, `(step / n + layer) mod groups`, so
     /// that holes appear and are refilled.
     pub forced_group_skip: Option<usize>,
+    /// Measurement: each layer and row skips this many heads of the secret order (rotating
+    /// with the step and layer), besides what the predictor skips.
+    pub forced_head_skip: usize,
 }
 
 impl SparseHeads {
     /// The trained head predictor `p` as a secure gate (its weights go to the dealer through
     /// [`crate::LocalDeployment::enable_sparse_heads`]).
-    pub fn from_predictor(p: &Predictor, config: &LlamaConfig, fp: FixedPoint) -> Result<Self> {
+    pub fn from_predictor(
+        predictor: &HeadPredictor,
+        config: &LlamaConfig,
+        fp: FixedPoint,
+    ) -> Result<Self> {
+        let p = &predictor.mlp;
         if p.layers.len() != config.n_layers
             || p.d_model != config.d_model
             || p.ffn_dim != config.n_heads
@@ -70,6 +78,7 @@ impl SparseHeads {
             sparsity: p.sparsity,
             thresholds: Some(crate::sparse::thresholds_at_3f(p, fp)),
             forced_group_skip: None,
+            forced_head_skip: 0,
         })
     }
 
@@ -79,6 +88,18 @@ impl SparseHeads {
             sparsity: 0.0,
             thresholds: None,
             forced_group_skip: Some(every.max(1)),
+            forced_head_skip: 0,
+        }
+    }
+
+    /// Exactly `k` heads skipped per layer and row (no predictor): the cost of a given
+    /// head sparsity, independent of a predictor's per-token counts.
+    pub fn skip_heads(k: usize) -> Self {
+        Self {
+            sparsity: 0.0,
+            thresholds: None,
+            forced_group_skip: None,
+            forced_head_skip: k,
         }
     }
 }
@@ -206,6 +227,7 @@ impl HeadSession {
             weights,
             state: HeadState {
                 forced_group_skip: policy.forced_group_skip,
+                forced_head_skip: policy.forced_head_skip,
                 holes: vec![Vec::new(); config.n_layers],
                 step: 0,
                 masks: vec![Vec::new(); config.n_layers],
@@ -220,6 +242,7 @@ impl HeadSession {
 #[derive(Debug)]
 pub struct HeadState {
     forced_group_skip: Option<usize>,
+    forced_head_skip: usize,
     /// Per layer, the holes not refilled yet.
     holes: Vec<Vec<Hole>>,
     /// Steps run so far.
@@ -274,6 +297,12 @@ impl HeadState {
                 for row in active.chunks_mut(heads) {
                     row[skipped * group..(skipped + 1) * group].fill(false);
                 }
+            }
+        }
+        let rotate = self.step + l;
+        for row in active.chunks_mut(heads) {
+            for k in 0..self.forced_head_skip.min(heads) {
+                row[(rotate + k) % heads] = false;
             }
         }
         let write: Vec<bool> = (0..groups)

@@ -9,6 +9,7 @@ use crate::session::{Client, ServerSummary};
 use crate::sparse::SessionMode;
 use comet_core::{FixedPoint, PartyId, Prg};
 use comet_dealer::{Dealer, InProcessDealer};
+use comet_model::heads::HeadPredictor;
 use comet_model::predictor::Predictor;
 use comet_model::{LlamaConfig, Model, Sampler};
 use comet_net::{memory_pair_shaped, NetProfile};
@@ -99,7 +100,7 @@ impl LocalDeployment {
     pub fn enable_sparse_heads(
         &mut self,
         model: &Model,
-        predictor: Option<&Predictor>,
+        predictor: Option<&HeadPredictor>,
     ) -> Result<()> {
         let c = model.config();
         if c != &self.config {

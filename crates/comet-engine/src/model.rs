@@ -11,6 +11,7 @@ use crate::error::{EngineError, Result};
 use comet_core::{FixedPoint, PartyId};
 use comet_dealer::kinds::sparse::{PlainAttn, PlainFfn, PlainPredictor};
 use comet_dealer::{Dealer, FixedWeight};
+use comet_model::heads::HeadPredictor;
 use comet_model::predictor::Predictor;
 use comet_model::{LlamaConfig, Matrix, Model};
 use rayon::prelude::*;
@@ -182,13 +183,14 @@ pub fn plain_predictor(
 }
 
 /// Layer `layer` of a trained head predictor in the dealer's fixed-point form, reading the
-/// attention norm's output; fails for a predictor of FFN neurons.
+/// attention norm's output; fails unless it has one output per head of every layer.
 pub fn plain_head_predictor(
     model: &Model,
-    predictor: &Predictor,
+    predictor: &HeadPredictor,
     fp: FixedPoint,
     layer: usize,
 ) -> Result<PlainPredictor> {
+    let predictor = &predictor.mlp;
     let c = model.config();
     if predictor.ffn_dim != c.n_heads || predictor.layers.len() != c.n_layers {
         return Err(EngineError::InvalidRequest(format!(

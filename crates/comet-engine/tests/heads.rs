@@ -8,6 +8,8 @@ use comet_dealer::Dealer;
 use comet_engine::heads::SparseHeads;
 use comet_engine::sparse::SessionMode;
 use comet_engine::{LocalDeployment, StepCosts};
+use comet_model::heads::HeadPredictor;
+use comet_model::predictor::{Predictor, PredictorLayer};
 use comet_model::{AttnActivations, ForwardOptions, KvCache, LogitsMode, Model};
 use comet_net::NetProfile;
 use std::sync::Arc;
@@ -132,6 +134,7 @@ fn every_head_kept_equals_dense_with_the_same_rounds_and_bytes() {
         sparsity: 0.0,
         thresholds: None,
         forced_group_skip: None,
+        forced_head_skip: 0,
     };
     let mode = SessionMode {
         heads: Some(Arc::new(keep_all)),
@@ -250,4 +253,112 @@ fn forced_holes_are_refilled_in_the_steps_own_rounds_and_match_plaintext() {
             }
         }
     }
+}
+
+/// A random head predictor for the tiny model: about half the heads kept at threshold 0.
+fn random_head_predictor(model: &Model, hidden: usize, seed: u64) -> HeadPredictor {
+    let c = model.config();
+    let mut prg = Prg::from_seed([seed as u8; 16]);
+    let mut uniform = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| ((prg.next_u64() >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0) * scale)
+            .collect()
+    };
+    let layers = (0..c.n_layers)
+        .map(|_| PredictorLayer {
+            w1: uniform(hidden * c.d_model, 0.3),
+            b1: uniform(hidden, 0.1),
+            w2: uniform(c.n_heads * hidden, 0.5),
+            b2: uniform(c.n_heads, 0.1),
+            threshold: 0.0,
+        })
+        .collect();
+    HeadPredictor {
+        mlp: Predictor {
+            model_sha256: "tiny".into(),
+            d_model: c.d_model,
+            hidden,
+            ffn_dim: c.n_heads,
+            sparsity: 0.5,
+            layers,
+        },
+    }
+}
+
+#[test]
+fn the_secure_head_gate_is_the_plaintext_predictor_and_the_output_follows_it() {
+    let (_dir, model) = tiny_model(14);
+    let c = model.config().clone();
+    let fp = FixedPoint::new(12);
+    let predictor = random_head_predictor(&model, 8, 3);
+    let mut dep = LocalDeployment::share_with(
+        &model,
+        fp,
+        Dealer::with_prg(Prg::from_seed([9; 16])),
+        Prg::from_seed([10; 16]),
+    )
+    .unwrap();
+    dep.enable_sparse_heads(&model, Some(&predictor)).unwrap();
+    let heads = SparseHeads::from_predictor(&predictor, &c, fp).unwrap();
+    let mode = SessionMode {
+        heads: Some(Arc::new(heads)),
+        ..Default::default()
+    };
+    let steps = steps();
+    let sparse = run(&mut dep, &model, mode, &steps);
+    let (plain, _) = plaintext_with_heads(&model, &steps, &sparse.masks, &sparse.perms);
+    assert_close(&sparse.logits, &plain);
+
+    // The opened bits, mapped back through the dealer's order, are the plaintext predictor's
+    // decisions on the same (masked) inputs, except at near-ties of the fixed-point logits.
+    let n = c.n_heads;
+    let (mut cache, mut decisions, mut disagree, mut kept) = (model.new_cache(), 0, 0, 0);
+    for (tokens, step_masks) in steps.iter().zip(&sparse.masks) {
+        let mut hook = |a: &mut AttnActivations<'_>| {
+            let (bits, perm) = (&step_masks[a.layer], &sparse.perms[a.layer]);
+            let logits = predictor.logits(a.layer, a.input, a.tokens);
+            for t in 0..a.tokens {
+                for (pos, &head) in perm.iter().enumerate() {
+                    let logit = logits[t * n + head];
+                    let secure = bits[t * n + pos];
+                    decisions += 1;
+                    kept += secure as usize;
+                    if secure != (logit > 0.0) {
+                        assert!(logit.abs() < 0.05, "logit {logit} decided {secure}");
+                        disagree += 1;
+                    }
+                    if !secure {
+                        let row = &mut a.heads[t * n * c.head_dim..(t + 1) * n * c.head_dim];
+                        row[head * c.head_dim..(head + 1) * c.head_dim].fill(0.0);
+                    }
+                }
+            }
+        };
+        let options = ForwardOptions {
+            attn_hook: Some(&mut hook),
+            ..Default::default()
+        };
+        model.forward_with(tokens, &mut cache, options).unwrap();
+    }
+    assert!(
+        disagree * 50 < decisions,
+        "{disagree} of {decisions} disagree"
+    );
+    assert!(
+        kept > decisions / 5 && kept < decisions * 4 / 5,
+        "{kept} of {decisions} kept"
+    );
+    let active: u64 = sparse.costs.iter().flat_map(|s| s.attn_active.iter()).sum();
+    assert_eq!(active as usize, kept);
+}
+
+#[test]
+fn a_head_predictor_of_another_shape_is_refused() {
+    let (_dir, model) = tiny_model(14);
+    let mut predictor = random_head_predictor(&model, 4, 1);
+    predictor.mlp.ffn_dim += 1;
+    let e = SparseHeads::from_predictor(&predictor, model.config(), FixedPoint::new(12));
+    assert!(e.unwrap_err().to_string().contains("heads"));
+    let mut dep = head_deployment(&model, 2);
+    assert!(dep.enable_sparse_heads(&model, Some(&predictor)).is_err());
 }
