@@ -98,9 +98,17 @@ pub struct EvalArgs {
     /// Simulate fixed point with F fractional bits (see `generate --fixed-point`).
     #[arg(long, value_name = "F")]
     pub fixed_point: Option<u32>,
-    /// FFN activation sparsity: `off` or `ffn=F` (F = fraction of neurons skipped per token).
+    /// Activation sparsity: `off`, `ffn=F`, `heads=H` or `ffn=F,heads=H` (F = fraction of FFN
+    /// neurons, H = fraction of attention query heads skipped per token, on average).
     #[arg(long, value_name = "SPEC")]
     pub sparsity: Option<comet_model::SparsitySpec>,
+    /// Which gate picks the kept attention heads with `heads=H` (plaintext: oracle, oracle-topk,
+    /// oracle-groups or mlp; default oracle, or mlp with --head-gate-file).
+    #[arg(long, value_enum)]
+    pub head_gate: Option<crate::sparsity::HeadGateKind>,
+    /// Head predictor file from `comet train-predictor --target heads`.
+    #[arg(long, value_name = "FILE")]
+    pub head_gate_file: Option<PathBuf>,
     /// Which gate picks the kept neurons (plaintext: oracle, self or mlp).
     #[arg(long, value_enum, default_value_t = crate::sparsity::GateKind::SelfGate)]
     pub gate: crate::sparsity::GateKind,
@@ -269,7 +277,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         bail!("choose --plaintext or --secure");
     }
     let sparse = args.sparsity.is_some_and(|s| s.is_sparse());
-    if sparse || args.gate_file.is_some() || args.prompts.is_some() || args.quality_curve {
+    if sparse
+        || args.gate_file.is_some()
+        || args.head_gate_file.is_some()
+        || args.head_gate.is_some()
+        || args.prompts.is_some()
+        || args.quality_curve
+    {
         if args.fixed_point.is_some() {
             bail!("--fixed-point is not supported with sparsity, prompts or the quality curve");
         }
@@ -290,6 +304,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             window: args.window,
             chunk: args.chunk,
             sparsity: args.sparsity.and_then(|s| s.ffn),
+            head_sparsity: args.sparsity.and_then(|s| s.heads),
+            head_gate: args.head_gate,
+            head_gate_file: args.head_gate_file,
             gate: args.gate,
             gate_file: args.gate_file,
             bits: args.bits,

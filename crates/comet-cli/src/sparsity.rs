@@ -1,19 +1,25 @@
 //! Sparsity commands (DESIGN.md §7): `comet calibrate` (the self-gate), `comet train-predictor`
-//! (the Deja Vu style MLP), and the sparse side of `comet eval --plaintext`: perplexity and
-//! greedy agreement against dense for one gate, or the quality curve over a grid of gates.
+//! (the Deja Vu style MLP, for FFN neurons or attention heads), and the sparse side of
+//! `comet eval --plaintext`: perplexity and greedy agreement against dense for one FFN gate
+//! and/or one head gate, or the quality curve over a grid of FFN gates.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use comet_model::predictor::{Predictor, TrainOptions};
+use comet_model::heads::{
+    head_gate_quality, HeadCalibration, HeadMask, HeadNorms, HeadPredictor, HeadScore, HeadStats,
+    SparseHeads,
+};
+use comet_model::predictor::{Predictor, PredictorTarget, TrainOptions};
 use comet_model::sparsity::{
-    gate_quality, parse_ffn_sparsity, self_gate_online_bytes, CalibrationData, FfnMask, GateStats,
-    NeuronScore, SelfGate, SelfGateOptions, SparseFfn, DEFAULT_FRAC_BITS, DEFAULT_MARGIN,
+    gate_quality, self_gate_online_bytes, CalibrationData, FfnMask, GateStats, NeuronScore,
+    SelfGate, SelfGateOptions, SparseFfn, DEFAULT_FRAC_BITS, DEFAULT_MARGIN,
 };
 use comet_model::{
-    FfnActivations, ForwardOptions, LogitsMode, Model, Sampler, SamplingParams, Tokenizer,
+    AttnActivations, FfnActivations, ForwardOptions, LogitsMode, Model, Sampler, SamplingParams,
+    SparsitySpec, Tokenizer,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -59,24 +65,29 @@ pub struct TrainPredictorArgs {
     /// Public calibration text (UTF-8).
     #[arg(long, value_name = "FILE", default_value_os_t = default_calib())]
     pub calib: PathBuf,
-    /// Target fraction of FFN neurons skipped: `0.5` or `ffn=0.5`.
+    /// What the predictor predicts: FFN neurons (`ffn`) or attention query heads (`heads`);
+    /// default: `heads` when --sparsity is `heads=H`, else `ffn`.
+    #[arg(long, value_enum)]
+    pub target: Option<TargetArg>,
+    /// Target fraction skipped: `0.5`, `ffn=0.5` or (target heads) `heads=0.11`.
     #[arg(long)]
     pub sparsity: String,
-    /// Hidden ReLU units of each layer's predictor.
-    #[arg(long, default_value_t = 256)]
-    pub hidden: usize,
-    /// Passes over the training rows.
-    #[arg(long, default_value_t = 4)]
-    pub epochs: usize,
+    /// Hidden ReLU units of each layer's predictor (default 256 for ffn, 64 for heads).
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Passes over the training rows (default 4 for ffn, 16 for heads).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Rows per optimizer step.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// AdamW learning rate.
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
-    /// Weight of the exact-set term of the BCE loss (> 1 favours recall).
-    #[arg(long, default_value_t = 2.0)]
-    pub positive_weight: f64,
+    /// Weight of the exact-set term of the BCE loss (> 1 favours recall; default 2 for ffn,
+    /// 1 for heads).
+    #[arg(long)]
+    pub positive_weight: Option<f64>,
     /// Fraction of the sampled rows held out for the reported recall and precision.
     #[arg(long, default_value_t = 0.1)]
     pub validation: f64,
@@ -102,6 +113,86 @@ pub struct CalibrationPassArgs {
     /// Window of the calibration pass in tokens (windows are independent).
     #[arg(long, default_value_t = 512)]
     pub calib_window: usize,
+    /// Tokens whose attention input and head norms are kept per layer (head gates).
+    #[arg(long, default_value_t = 8192)]
+    pub head_calib_rows: usize,
+}
+
+/// `comet train-predictor --target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// FFN neurons, from the normed FFN input.
+    Ffn,
+    /// Attention query heads, from the normed attention input.
+    Heads,
+}
+
+/// Which gate decides the kept attention heads in `comet eval --plaintext --sparsity heads=H`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadGateKind {
+    /// Per-layer threshold on the true contribution norm ‖Wo_h·o_h‖ (an upper bound, not a
+    /// predictor; the count per token varies, the mean skipped fraction is H).
+    Oracle,
+    /// Per token, the round(H·n_heads) heads of smallest true contribution.
+    OracleTopk,
+    /// Whole key/value groups: per-layer threshold on the group's summed true contributions.
+    OracleGroups,
+    /// A trained head predictor (`comet train-predictor --target heads`).
+    Mlp,
+}
+
+impl std::fmt::Display for HeadGateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HeadGateKind::Oracle => "oracle",
+            HeadGateKind::OracleTopk => "oracle-topk",
+            HeadGateKind::OracleGroups => "oracle-groups",
+            HeadGateKind::Mlp => "mlp",
+        })
+    }
+}
+
+/// The target and fraction of `train-predictor --target T --sparsity S`.
+pub fn parse_target_sparsity(
+    target: Option<TargetArg>,
+    text: &str,
+) -> anyhow::Result<(PredictorTarget, f64)> {
+    if let Ok(v) = text.trim().parse::<f64>() {
+        if !(0.0..1.0).contains(&v) {
+            bail!("sparsity `{text}`: the fraction must be in [0, 1) (e.g. `0.5`, `ffn=0.5` or `heads=0.11`)");
+        }
+        let t = match target {
+            Some(TargetArg::Heads) => PredictorTarget::Heads,
+            _ => PredictorTarget::Ffn,
+        };
+        return Ok((t, v));
+    }
+    let spec: SparsitySpec = text.parse()?;
+    match (spec.ffn, spec.heads, target) {
+        (Some(_), Some(_), _) => bail!(
+            "sparsity `{text}`: one predictor has one target; train `ffn=F` and `heads=H` separately"
+        ),
+        (Some(f), None, None | Some(TargetArg::Ffn)) => Ok((PredictorTarget::Ffn, f)),
+        (None, Some(h), None | Some(TargetArg::Heads)) => Ok((PredictorTarget::Heads, h)),
+        (Some(_), None, Some(TargetArg::Heads)) => {
+            bail!("sparsity `{text}` is for FFN neurons but --target is heads (give `heads=H`)")
+        }
+        (None, Some(_), Some(TargetArg::Ffn)) => {
+            bail!("sparsity `{text}` is for attention heads but --target is ffn (give `ffn=F`)")
+        }
+        (None, None, _) => bail!("sparsity `{text}`: nothing is skipped"),
+    }
+}
+
+/// The FFN fraction of `comet calibrate --sparsity` (`0.5` or `ffn=0.5`).
+fn parse_ffn_sparsity(text: &str) -> anyhow::Result<f64> {
+    match parse_target_sparsity(None, text)? {
+        (PredictorTarget::Ffn, v) => Ok(v),
+        (PredictorTarget::Heads, _) => {
+            bail!("sparsity `{text}`: the self-gate is for FFN neurons (give `ffn=F`)")
+        }
+    }
 }
 
 /// Which gate decides the kept neurons in `comet eval --plaintext --sparsity`.
@@ -141,9 +232,16 @@ pub struct SparseEvalOptions {
     pub window: Option<usize>,
     /// Tokens per forward call.
     pub chunk: usize,
-    /// Fraction skipped (None: taken from the gate file).
+    /// Fraction of FFN neurons skipped (None: taken from the gate file, or dense FFN without one).
     pub sparsity: Option<f64>,
-    /// The gate.
+    /// Fraction of attention heads skipped (None: taken from the head gate file, or dense
+    /// attention without one).
+    pub head_sparsity: Option<f64>,
+    /// The head gate (None: mlp with a head gate file, else oracle).
+    pub head_gate: Option<HeadGateKind>,
+    /// Head predictor file (`comet train-predictor --target heads`).
+    pub head_gate_file: Option<PathBuf>,
+    /// The FFN gate.
     pub gate: GateKind,
     /// Self-gate or predictor file.
     pub gate_file: Option<PathBuf>,
@@ -204,13 +302,12 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Runs the dense model over the calibration text and keeps what gates are calibrated on.
-fn collect_calibration(
-    model: &Model,
+/// The calibration text's tokens (checked and capped).
+fn calibration_tokens(
     tokenizer: &Tokenizer,
     calib: &Path,
     pass: &CalibrationPassArgs,
-) -> anyhow::Result<CalibrationData> {
+) -> anyhow::Result<Vec<u32>> {
     let text = std::fs::read_to_string(calib)
         .with_context(|| format!("reading calibration text {}", calib.display()))?;
     let mut tokens = tokenizer
@@ -225,6 +322,17 @@ fn collect_calibration(
     if pass.calib_rows == 0 || pass.calib_window == 0 {
         bail!("--calib-rows and --calib-window must be at least 1");
     }
+    Ok(tokens)
+}
+
+/// Runs the dense model over the calibration text and keeps what gates are calibrated on.
+fn collect_calibration(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    calib: &Path,
+    pass: &CalibrationPassArgs,
+) -> anyhow::Result<CalibrationData> {
+    let tokens = calibration_tokens(tokenizer, calib, pass)?;
     let progress = bar(tokens.len(), "calibration pass (tokens)");
     let data = CalibrationData::collect(
         model,
@@ -333,23 +441,30 @@ pub fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
 
 /// `comet train-predictor`: trains the per-layer MLP predictor and writes its file.
 pub fn train_predictor(args: TrainPredictorArgs) -> anyhow::Result<()> {
-    let sparsity = parse_ffn_sparsity(&args.sparsity)?;
+    let (target, sparsity) = parse_target_sparsity(args.target, &args.sparsity)?;
+    let heads = target == PredictorTarget::Heads;
+    let epochs = args.epochs.unwrap_or(if heads { 16 } else { 4 });
     let options = TrainOptions {
-        hidden: args.hidden,
-        epochs: args.epochs,
+        hidden: args.hidden.unwrap_or(if heads { 64 } else { 256 }),
+        epochs,
         batch: args.batch,
         learning_rate: args.lr,
-        positive_weight: args.positive_weight,
+        positive_weight: args
+            .positive_weight
+            .unwrap_or(if heads { 1.0 } else { 2.0 }),
         sparsity,
         validation_fraction: args.validation,
         seed: args.seed,
     };
+    if heads {
+        return train_head_predictor(args, options);
+    }
     let (model, tokenizer, sha) = load_model(args.model.as_deref())?;
     let data = collect_calibration(&model, &tokenizer, &args.calib, &args.pass)?;
     let layers = model.config().n_layers;
-    let progress = bar(layers * args.epochs, "training (layer epochs)");
+    let progress = bar(layers * epochs, "training (layer epochs)");
     let (predictor, reports) = Predictor::train(&data, &model, &sha, &options, &mut |l, e| {
-        progress.set_position((l * args.epochs + e) as u64)
+        progress.set_position((l * epochs + e) as u64)
     })?;
     progress.finish_and_clear();
     let (train, validation) = options.split(data.rows());
@@ -369,13 +484,12 @@ pub fn train_predictor(args: TrainPredictorArgs) -> anyhow::Result<()> {
     );
     predictor.save(&args.out)?;
     let mut r = format!(
-        "MLP predictor d {} → {} (ReLU) → {}, sparsity {sparsity}, positive weight {}, {} epochs; \
+        "MLP predictor d {} → {} (ReLU) → {}, sparsity {sparsity}, positive weight {}, {epochs} epochs; \
          quality on the {} {which} rows\n",
         predictor.d_model,
         predictor.hidden,
         predictor.ffn_dim,
-        args.positive_weight,
-        args.epochs,
+        options.positive_weight,
         rows.len()
     );
     r += &layer_table(&stats, "  final loss", &|l| {
@@ -385,6 +499,127 @@ pub fn train_predictor(args: TrainPredictorArgs) -> anyhow::Result<()> {
         r,
         "gate cost: {} parameters per layer; secure estimate {} bytes per token and layer each way (8·(d + hidden))",
         predictor.parameters_per_layer(),
+        predictor.secure_bytes_per_token()
+    );
+    let _ = writeln!(r, "model sha256: {sha}");
+    let _ = writeln!(r, "wrote {}", args.out.display());
+    print_report(&r)
+}
+
+/// Runs the dense model over the calibration text once and keeps what head gates (and, when
+/// `ffn` is true, FFN gates) are calibrated on.
+fn collect_head_calibration(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    calib: &Path,
+    pass: &CalibrationPassArgs,
+    ffn: bool,
+) -> anyhow::Result<(HeadCalibration, Option<CalibrationData>)> {
+    let tokens = calibration_tokens(tokenizer, calib, pass)?;
+    if pass.head_calib_rows == 0 {
+        bail!("--head-calib-rows must be at least 1");
+    }
+    let mut ffn_data =
+        ffn.then(|| CalibrationData::new(model, tokens.len().div_ceil(pass.calib_rows.max(1))));
+    let progress = bar(tokens.len(), "calibration pass (tokens)");
+    let data = HeadCalibration::collect(
+        model,
+        &tokens,
+        pass.calib_window,
+        pass.head_calib_rows,
+        ffn_data.as_mut(),
+        &mut |done| progress.set_position(done as u64),
+    )?;
+    progress.finish_and_clear();
+    eprintln!(
+        "calibration: {} tokens of {}, {} sampled rows per layer for head gates{}",
+        data.tokens,
+        calib.display(),
+        data.rows(),
+        ffn_data
+            .as_ref()
+            .map_or(String::new(), |f| format!(", {} for FFN gates", f.rows()))
+    );
+    Ok((data, ffn_data))
+}
+
+/// The per-layer table of a head gate: kept fraction, recall and precision of the exact set,
+/// and the fraction of (token, key/value group) entries skipped whole.
+fn head_table(stats: &[HeadStats], extra_header: &str, extra: &dyn Fn(usize) -> String) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "layer  heads kept  recall  precision  groups skipped  {extra_header}"
+    );
+    let line = |name: &str, s: &HeadStats, x: String| {
+        format!(
+            "{name:>5}  {:>9.1}%  {:>6.1}%  {:>8.1}%  {:>13.2}%  {x}\n",
+            100.0 * s.gate.kept_fraction(),
+            100.0 * s.gate.recall(),
+            100.0 * s.gate.precision(),
+            100.0 * s.group_skip_fraction()
+        )
+    };
+    let mut all = HeadStats::default();
+    for (l, s) in stats.iter().enumerate() {
+        r += &line(&l.to_string(), s, extra(l));
+        all.add(s);
+    }
+    r += &line("all", &all, String::new());
+    r
+}
+
+/// `comet train-predictor --target heads`: trains the per-layer head predictor.
+fn train_head_predictor(args: TrainPredictorArgs, options: TrainOptions) -> anyhow::Result<()> {
+    let (model, tokenizer, sha) = load_model(args.model.as_deref())?;
+    let (data, _) = collect_head_calibration(&model, &tokenizer, &args.calib, &args.pass, false)?;
+    let c = model.config().clone();
+    let progress = bar(c.n_layers * options.epochs, "training (layer epochs)");
+    let (predictor, reports) = HeadPredictor::train(&data, &model, &sha, &options, &mut |l, e| {
+        progress.set_position((l * options.epochs + e) as u64)
+    })?;
+    progress.finish_and_clear();
+    let (train, validation) = options.split(data.rows());
+    let (rows, which) = if validation.is_empty() {
+        (train.clone(), "training")
+    } else {
+        (validation, "held-out")
+    };
+    let norms = HeadNorms::new(&model);
+    let exact =
+        HeadMask::calibrate_threshold(HeadScore::Oracle(&norms), &data, options.sparsity, train)?;
+    let stats = head_gate_quality(
+        HeadScore::Predictor(&predictor),
+        &predictor.mask(),
+        &exact,
+        &data,
+        rows.clone(),
+    );
+    predictor.save(&args.out)?;
+    let p = &predictor.mlp;
+    let mut r = format!(
+        "head predictor (target heads): normed attention input d {} → {} (ReLU) → {} heads, \
+         sparsity {} (mean skipped fraction on the training rows), positive weight {}, {} epochs; \
+         quality on the {} {which} rows against the oracle (per-layer threshold on ‖Wo_h·o_h‖)\n",
+        p.d_model,
+        p.hidden,
+        p.ffn_dim,
+        options.sparsity,
+        options.positive_weight,
+        options.epochs,
+        rows.len()
+    );
+    r += &head_table(&stats, "final loss  threshold", &|l| {
+        format!(
+            "{:>10.4}  {:>9.4}",
+            reports[l].final_loss, p.layers[l].threshold
+        )
+    });
+    let _ = writeln!(
+        r,
+        "gate cost: {} parameters per layer; secure estimate {} bytes per token and layer each way \
+         beyond the attention input's opening (8·hidden: the ReLU outputs opened for W2)",
+        p.parameters_per_layer(),
         predictor.secure_bytes_per_token()
     );
     let _ = writeln!(r, "model sha256: {sha}");
@@ -423,13 +658,15 @@ struct PromptCase {
     prompt_len: usize,
 }
 
-/// One gate's figures against dense (a line of the report, a row of the curve).
+/// One setting's figures against dense (a line of the report, a row of the curve). The FFN
+/// fields describe the FFN gate (`gate` None: dense FFN); the `head_*` fields the head gate
+/// (`head_gate` None: dense attention).
 #[derive(Debug, Clone, Serialize)]
 struct SparseRow {
-    gate: GateKind,
+    gate: Option<GateKind>,
     bits: Option<u32>,
     block: usize,
-    sparsity: f64,
+    sparsity: Option<f64>,
     perplexity: Option<f64>,
     perplexity_change_percent: Option<f64>,
     text_agreement: Option<f64>,
@@ -438,9 +675,36 @@ struct SparseRow {
     recall: f64,
     precision: f64,
     gate_bytes_per_token_layer: Option<usize>,
+    head_gate: Option<HeadGateKind>,
+    head_sparsity: Option<f64>,
+    head_kept_fraction: Option<f64>,
+    head_recall: Option<f64>,
+    head_precision: Option<f64>,
+    /// Fraction of (token, layer, key/value group) entries whose query heads were all skipped.
+    kv_group_skip_fraction: Option<f64>,
+    /// Mean kept fraction of heads per layer.
+    head_kept_per_layer: Vec<f64>,
+    head_gate_bytes_per_token_layer: Option<usize>,
     /// Per-layer counts on the text (or the prompts when there is no text).
     #[serde(skip)]
     layer_stats: Vec<GateStats>,
+    #[serde(skip)]
+    head_layer_stats: Vec<HeadStats>,
+}
+
+/// The sparse hooks of one pass: FFN gate and/or head gate.
+struct Hooks<'s, 'f, 'h> {
+    ffn: Option<&'s mut SparseFfn<'f>>,
+    heads: Option<&'s mut SparseHeads<'h>>,
+}
+
+impl<'f, 'h> Hooks<'_, 'f, 'h> {
+    fn reborrow(&mut self) -> Hooks<'_, 'f, 'h> {
+        Hooks {
+            ffn: self.ffn.as_deref_mut(),
+            heads: self.heads.as_deref_mut(),
+        }
+    }
 }
 
 /// Teacher-forced pass over the windows: (NLL sum, argmax per scored position).
@@ -448,7 +712,7 @@ fn score_windows(
     model: &Model,
     windows: &[Vec<u32>],
     chunk: usize,
-    mut sparse: Option<&mut SparseFfn<'_>>,
+    mut hooks: Hooks<'_, '_, '_>,
 ) -> anyhow::Result<(f64, Vec<u32>)> {
     let vocab = model.config().vocab_size;
     let mut nll = 0.0;
@@ -456,7 +720,7 @@ fn score_windows(
     for w in windows {
         let mut cache = model.new_cache();
         for (c, part) in w.chunks(chunk).enumerate() {
-            let logits = forward_all(model, part, &mut cache, sparse.as_deref_mut())?;
+            let logits = forward_all(model, part, &mut cache, hooks.reborrow())?;
             for (r, row) in logits.chunks_exact(vocab).enumerate() {
                 let Some(&target) = w.get(c * chunk + r + 1) else {
                     continue;
@@ -473,23 +737,24 @@ fn forward_all(
     model: &Model,
     tokens: &[u32],
     cache: &mut comet_model::KvCache,
-    sparse: Option<&mut SparseFfn<'_>>,
+    hooks: Hooks<'_, '_, '_>,
 ) -> anyhow::Result<Vec<f32>> {
-    Ok(match sparse {
-        Some(s) => {
-            let mut hook = |a: &mut FfnActivations<'_>| s.apply(a);
-            model.forward_with(
-                tokens,
-                cache,
-                ForwardOptions {
-                    logits: LogitsMode::All,
-                    ffn_hook: Some(&mut hook),
-                    ..Default::default()
-                },
-            )?
-        }
-        None => model.forward_all(tokens, cache)?,
-    })
+    let Hooks { ffn, heads } = hooks;
+    let mut ffn_hook = ffn.map(|s| move |a: &mut FfnActivations<'_>| s.apply(a));
+    let mut attn_hook = heads.map(|s| move |a: &mut AttnActivations<'_>| s.apply(a));
+    Ok(model.forward_with(
+        tokens,
+        cache,
+        ForwardOptions {
+            logits: LogitsMode::All,
+            ffn_hook: ffn_hook
+                .as_mut()
+                .map(|h| h as &mut dyn FnMut(&mut FfnActivations<'_>)),
+            attn_hook: attn_hook
+                .as_mut()
+                .map(|h| h as &mut dyn FnMut(&mut AttnActivations<'_>)),
+        },
+    )?)
 }
 
 /// Agreeing positions and positions of the teacher-forced sparse pass over prompt + dense
@@ -497,7 +762,7 @@ fn forward_all(
 fn prompt_agreement(
     model: &Model,
     cases: &[PromptCase],
-    sparse: &mut SparseFfn<'_>,
+    mut hooks: Hooks<'_, '_, '_>,
 ) -> anyhow::Result<(usize, usize)> {
     let vocab = model.config().vocab_size;
     let (mut agree, mut total) = (0, 0);
@@ -506,7 +771,7 @@ fn prompt_agreement(
             model,
             &case.tokens,
             &mut model.new_cache(),
-            Some(&mut *sparse),
+            hooks.reborrow(),
         )?;
         for pos in case.prompt_len - 1..case.tokens.len() - 1 {
             let predicted = comet_model::sampling::argmax(&logits[pos * vocab..(pos + 1) * vocab]);
@@ -547,7 +812,15 @@ fn dense_reference(
     }
     let to_score: usize = windows.iter().map(|w| w.len() - 1).sum();
     let progress = bar(to_score, "dense text pass (tokens)");
-    let (nll, argmax) = score_windows(model, &windows, options.chunk, None)?;
+    let (nll, argmax) = score_windows(
+        model,
+        &windows,
+        options.chunk,
+        Hooks {
+            ffn: None,
+            heads: None,
+        },
+    )?;
     progress.finish_and_clear();
     let mut prompts = Vec::new();
     if let Some(path) = &options.prompts {
@@ -595,22 +868,46 @@ fn dense_reference(
     })
 }
 
-/// Runs one gate against the dense reference.
-#[allow(clippy::too_many_arguments)]
+/// The FFN side of one measured setting.
+struct FfnSetting<'a> {
+    gate: &'a Gate,
+    mask: &'a FfnMask,
+    exact: &'a FfnMask,
+    kind: GateKind,
+    bits: Option<u32>,
+    sparsity: f64,
+    cost: Option<usize>,
+}
+
+/// The attention-head side of one measured setting.
+struct HeadSetting<'a> {
+    norms: &'a HeadNorms,
+    score: HeadScore<'a>,
+    mask: &'a HeadMask,
+    exact: &'a HeadMask,
+    kind: HeadGateKind,
+    sparsity: f64,
+    cost: Option<usize>,
+}
+
+/// Runs one setting (FFN gate and/or head gate) against the dense reference.
 fn measure(
     model: &Model,
     dense: &Dense,
     chunk: usize,
-    gate: &Gate,
-    mask: &FfnMask,
-    exact: &FfnMask,
-    (kind, bits, sparsity): (GateKind, Option<u32>, f64),
-    cost: Option<usize>,
+    ffn: Option<&FfnSetting<'_>>,
+    heads: Option<&HeadSetting<'_>>,
 ) -> anyhow::Result<SparseRow> {
-    let mut sparse = SparseFfn::new(gate.score(), mask, Some(exact));
+    let mut sparse = ffn.map(|f| SparseFfn::new(f.gate.score(), f.mask, Some(f.exact)));
+    let mut sparse_heads =
+        heads.map(|h| SparseHeads::new(model, h.norms, h.score, h.mask, Some(h.exact)));
     let (mut perplexity, mut change, mut text_agreement) = (None, None, None);
     if !dense.windows.is_empty() {
-        let (nll, argmax) = score_windows(model, &dense.windows, chunk, Some(&mut sparse))?;
+        let hooks = Hooks {
+            ffn: sparse.as_mut(),
+            heads: sparse_heads.as_mut(),
+        };
+        let (nll, argmax) = score_windows(model, &dense.windows, chunk, hooks)?;
         let n = argmax.len().max(1) as f64;
         let ppl = (nll / n).exp();
         perplexity = Some(ppl);
@@ -622,33 +919,72 @@ fn measure(
             .count();
         text_agreement = Some(same as f64 / n);
     }
-    let text_stats = sparse.total();
-    let text_layers = sparse.stats.clone();
+    let on_text = !dense.windows.is_empty();
+    let text_ffn = sparse.as_ref().map(|s| s.stats.clone());
+    let text_heads = sparse_heads.as_ref().map(|s| s.stats.clone());
     let mut prompt_agreement_value = None;
     if !dense.prompts.is_empty() {
-        let (agree, total) = prompt_agreement(model, &dense.prompts, &mut sparse)?;
+        let hooks = Hooks {
+            ffn: sparse.as_mut(),
+            heads: sparse_heads.as_mut(),
+        };
+        let (agree, total) = prompt_agreement(model, &dense.prompts, hooks)?;
         prompt_agreement_value = Some(agree as f64 / total.max(1) as f64);
     }
-    // Kept fraction and recall on the text when there is one, else on the prompts.
-    let (stats, layer_stats) = if text_stats.entries > 0 {
-        (text_stats, text_layers)
+    // Kept fractions and recall on the text when there is one, else on the prompts.
+    let layer_stats = if on_text {
+        text_ffn.unwrap_or_default()
     } else {
-        (sparse.total(), sparse.stats.clone())
+        sparse.as_ref().map(|s| s.stats.clone()).unwrap_or_default()
     };
+    let head_layer_stats = if on_text {
+        text_heads.unwrap_or_default()
+    } else {
+        sparse_heads
+            .as_ref()
+            .map(|s| s.stats.clone())
+            .unwrap_or_default()
+    };
+    let mut stats = GateStats::default();
+    for s in &layer_stats {
+        stats.add(s);
+    }
+    let mut head_stats = HeadStats::default();
+    for s in &head_layer_stats {
+        head_stats.add(s);
+    }
+    let dense_ffn = ffn.is_none();
+    let on_heads = |v: f64| heads.map(|_| v);
     Ok(SparseRow {
-        gate: kind,
-        bits,
-        block: mask.block,
-        sparsity,
+        gate: ffn.map(|f| f.kind),
+        bits: ffn.and_then(|f| f.bits),
+        block: ffn.map_or(1, |f| f.mask.block),
+        sparsity: ffn.map(|f| f.sparsity),
         perplexity,
         perplexity_change_percent: change,
         text_agreement,
         prompt_agreement: prompt_agreement_value,
-        kept_fraction: stats.kept_fraction(),
-        recall: stats.recall(),
-        precision: stats.precision(),
-        gate_bytes_per_token_layer: cost,
+        kept_fraction: if dense_ffn {
+            1.0
+        } else {
+            stats.kept_fraction()
+        },
+        recall: if dense_ffn { 1.0 } else { stats.recall() },
+        precision: if dense_ffn { 1.0 } else { stats.precision() },
+        gate_bytes_per_token_layer: ffn.and_then(|f| f.cost),
+        head_gate: heads.map(|h| h.kind),
+        head_sparsity: heads.map(|h| h.sparsity),
+        head_kept_fraction: on_heads(head_stats.gate.kept_fraction()),
+        head_recall: on_heads(head_stats.gate.recall()),
+        head_precision: on_heads(head_stats.gate.precision()),
+        kv_group_skip_fraction: on_heads(head_stats.group_skip_fraction()),
+        head_kept_per_layer: head_layer_stats
+            .iter()
+            .map(|s| s.gate.kept_fraction())
+            .collect(),
+        head_gate_bytes_per_token_layer: heads.and_then(|h| h.cost),
         layer_stats,
+        head_layer_stats,
     })
 }
 
@@ -656,26 +992,46 @@ fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
+fn pct1(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
 fn row_line(r: &SparseRow) -> String {
-    format!(
-        "{:<6} {:>4} {:>5} {:>8} {:>10} {:>9} {:>9} {:>9} {:>7.1}% {:>7.1}% {:>7.1}%",
-        r.gate.to_string(),
+    let ffn = r.gate.is_some();
+    let mut line = format!(
+        "{:<6} {:>4} {:>5} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9}",
+        r.gate.map_or("dense".into(), |g| g.to_string()),
         r.bits.map_or("-".into(), |b| b.to_string()),
         r.block,
-        format!("{:.2}", r.sparsity),
+        r.sparsity.map_or("-".into(), |s| format!("{s:.2}")),
         r.perplexity.map_or("-".into(), |p| format!("{p:.3}")),
         r.perplexity_change_percent
             .map_or("-".into(), |c| format!("{c:+.2}%")),
         pct(r.text_agreement),
         pct(r.prompt_agreement),
-        100.0 * r.kept_fraction,
-        100.0 * r.recall,
-        100.0 * r.precision
-    )
+        pct1(ffn.then_some(r.kept_fraction)),
+        pct1(ffn.then_some(r.recall)),
+        pct1(ffn.then_some(r.precision)),
+    );
+    if let Some(g) = r.head_gate {
+        let _ = write!(
+            line,
+            " | {:<13} {:>6} {:>7} {:>7} {:>9} {:>9}",
+            g.to_string(),
+            r.head_sparsity.map_or("-".into(), |s| format!("{s:.2}")),
+            pct1(r.head_kept_fraction),
+            pct1(r.head_recall),
+            pct1(r.head_precision),
+            pct(r.kv_group_skip_fraction),
+        );
+    }
+    line
 }
 
 const ROW_HEADER: &str =
-    "gate   bits block sparsity perplexity    change  agree(T)  agree(P)    kept  recall  precision";
+    "gate   bits block sparsity perplexity    change  agree(T)  agree(P)     kept  recall precision";
+
+const HEAD_HEADER: &str = " | head gate     hsparse   hkept hrecall hprecision kv skipped";
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
@@ -703,6 +1059,21 @@ pub fn sparse_eval(options: SparseEvalOptions) -> anyhow::Result<()> {
     if options.block == 0 {
         bail!("--block must be at least 1");
     }
+    // Head gate flags before loading anything.
+    let head_kind = match (options.head_gate, &options.head_gate_file) {
+        (None | Some(HeadGateKind::Mlp), Some(_)) => Some(HeadGateKind::Mlp),
+        (Some(k), Some(_)) => bail!("--head-gate {k} takes no --head-gate-file"),
+        (Some(HeadGateKind::Mlp), None) => bail!(
+            "--head-gate mlp needs --head-gate-file (written by `comet train-predictor --target heads`)"
+        ),
+        (k, None) => k,
+    };
+    if options.head_sparsity.is_none() && options.head_gate_file.is_none() && head_kind.is_some() {
+        bail!("--head-gate needs --sparsity heads=H (e.g. `--sparsity heads=0.11`)");
+    }
+    if options.curve && (options.head_sparsity.is_some() || options.head_gate_file.is_some()) {
+        bail!("the quality curve covers FFN gates only; evaluate `--sparsity heads=H` without --quality-curve");
+    }
     let (model, tokenizer, sha) = load_model(options.model.as_deref())?;
     let c = model.config().clone();
     // Gate files first: a mismatch is reported before any long pass.
@@ -718,9 +1089,10 @@ pub fn sparse_eval(options: SparseEvalOptions) -> anyhow::Result<()> {
             }
             Some(Gate::SelfGate(g))
         }
-        (GateKind::Mlp, Some(f)) => Some(Gate::Mlp(Predictor::load(
-            f, &sha, c.n_layers, c.d_model, c.ffn_dim,
-        )?)),
+        (GateKind::Mlp, Some(f)) => Some(Gate::Mlp(
+            Predictor::load(f, &sha, c.n_layers, c.d_model, c.ffn_dim)
+                .context("--gate-file (a head predictor goes to --head-gate-file)")?,
+        )),
         (GateKind::Mlp, None) if !options.curve => {
             bail!("--gate mlp needs --gate-file (written by `comet train-predictor`)")
         }
@@ -732,7 +1104,47 @@ pub fn sparse_eval(options: SparseEvalOptions) -> anyhow::Result<()> {
         Some(Gate::Mlp(p)) => Some(p.sparsity),
         _ => None,
     };
-    let data = collect_calibration(&model, &tokenizer, &options.calib, &options.pass)?;
+    let head_predictor = match &options.head_gate_file {
+        Some(f) => Some(
+            HeadPredictor::load(f, &sha, c.n_layers, c.d_model, c.n_heads)
+                .context("--head-gate-file")?,
+        ),
+        None => None,
+    };
+    let ffn_sparsity = options.sparsity.or(file_sparsity);
+    let head_sparsity = options
+        .head_sparsity
+        .or(head_predictor.as_ref().map(|p| p.mlp.sparsity));
+    let ffn_on = options.curve || ffn_sparsity.is_some();
+    if !ffn_on && head_sparsity.is_none() {
+        bail!("give --sparsity ffn=F and/or heads=H (or a --gate-file / --head-gate-file, whose sparsity is used)");
+    }
+    let (head_data, ffn_data) = match head_sparsity {
+        Some(_) => {
+            let (h, f) = collect_head_calibration(
+                &model,
+                &tokenizer,
+                &options.calib,
+                &options.pass,
+                ffn_on,
+            )?;
+            (Some(h), f)
+        }
+        None => (
+            None,
+            Some(collect_calibration(
+                &model,
+                &tokenizer,
+                &options.calib,
+                &options.pass,
+            )?),
+        ),
+    };
+    let calib_tokens = head_data
+        .as_ref()
+        .map(|d| d.tokens)
+        .or(ffn_data.as_ref().map(|d| d.tokens))
+        .unwrap_or(0);
     let dense = dense_reference(&model, &tokenizer, &options)?;
     let scored = dense.argmax.len();
     let dense_ppl = (!dense.windows.is_empty()).then(|| (dense.nll / scored.max(1) as f64).exp());
@@ -761,74 +1173,143 @@ pub fn sparse_eval(options: SparseEvalOptions) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         report,
-        "calibration:  {} ({} tokens)",
+        "calibration:  {} ({calib_tokens} tokens)",
         options.calib.display(),
-        data.tokens
     );
     if let Some(p) = dense_ppl {
         let _ = writeln!(report, "dense perplexity: {p:.3}");
     }
-    let rows = if options.curve {
-        let predictor = match file_gate {
-            Some(Gate::Mlp(p)) => Some(p),
-            _ => None,
-        };
-        quality_curve(&model, &data, &dense, &options, &sha, predictor.as_ref())?
-    } else {
-        let sparsity = options
-            .sparsity
-            .or(file_sparsity)
-            .context("give --sparsity ffn=F (or a --gate-file, whose sparsity is used)")?;
-        let gate = match file_gate {
-            Some(g) => g,
-            None => match options.gate {
-                GateKind::Oracle => Gate::Oracle,
-                GateKind::SelfGate => Gate::SelfGate(SelfGate::calibrate(
-                    &data,
-                    &model,
-                    &sha,
-                    SelfGateOptions {
-                        bits: options.bits.unwrap_or(8),
-                        sparsity,
-                        margin: options.margin,
-                        frac_bits: DEFAULT_FRAC_BITS,
-                        clip_quantile: options.clip_quantile,
-                    },
-                )?),
-                GateKind::Mlp => unreachable!("checked above"),
+    // The head setting (norms, masks and the predictor outlive the measurement).
+    let norms = HeadNorms::new(&model);
+    let head_masks = match (head_sparsity, &head_data, head_kind) {
+        (Some(hs), Some(hd), kind) => {
+            let kind = kind.unwrap_or(HeadGateKind::Oracle);
+            let all = 0..hd.rows();
+            let exact =
+                HeadMask::calibrate_threshold(HeadScore::Oracle(&norms), hd, hs, all.clone())?;
+            let mask = match (kind, &head_predictor) {
+                (HeadGateKind::Oracle, _) => exact.clone(),
+                (HeadGateKind::OracleTopk, _) => HeadMask::top_k(c.n_heads, hs)?,
+                (HeadGateKind::OracleGroups, _) => {
+                    HeadMask::calibrate_groups(HeadScore::Oracle(&norms), hd, hs, all)?
+                }
+                // The file's own thresholds when they match the request.
+                (HeadGateKind::Mlp, Some(p)) if p.mlp.sparsity == hs => p.mask(),
+                (HeadGateKind::Mlp, Some(p)) => {
+                    HeadMask::calibrate_threshold(HeadScore::Predictor(p), hd, hs, all)?
+                }
+                (HeadGateKind::Mlp, None) => unreachable!("checked above"),
+            };
+            Some((kind, hs, exact, mask))
+        }
+        _ => None,
+    };
+    let head_setting = head_masks
+        .as_ref()
+        .map(|(kind, hs, exact, mask)| HeadSetting {
+            norms: &norms,
+            score: match &head_predictor {
+                Some(p) if *kind == HeadGateKind::Mlp => HeadScore::Predictor(p),
+                _ => HeadScore::Oracle(&norms),
             },
-        };
-        let exact = FfnMask::calibrate(NeuronScore::Oracle, &data, &model, sparsity, 1)?;
-        // A file's own thresholds are used as they are when they match the request.
-        let mask = match &gate {
-            Gate::SelfGate(g) if options.block == 1 && g.sparsity == sparsity => self_gate_mask(g),
-            Gate::Mlp(p) if options.block == 1 && p.sparsity == sparsity => p.mask(),
-            _ => FfnMask::calibrate(gate.score(), &data, &model, sparsity, options.block)?,
-        };
-        let (bits, cost) = match &gate {
-            Gate::SelfGate(g) => (
-                Some(g.bits),
-                Some(self_gate_online_bytes(c.ffn_dim, g.bits)),
-            ),
-            Gate::Mlp(p) => (None, Some(p.secure_bytes_per_token())),
-            Gate::Oracle => (None, None),
-        };
-        vec![measure(
+            mask,
+            exact,
+            kind: *kind,
+            sparsity: *hs,
+            cost: head_predictor
+                .as_ref()
+                .filter(|_| *kind == HeadGateKind::Mlp)
+                .map(|p| p.secure_bytes_per_token()),
+        });
+    let rows = match (&ffn_data, ffn_sparsity) {
+        (Some(data), _) if options.curve => {
+            let predictor = match file_gate {
+                Some(Gate::Mlp(p)) => Some(p),
+                _ => None,
+            };
+            quality_curve(&model, data, &dense, &options, &sha, predictor.as_ref())?
+        }
+        (Some(data), Some(sparsity)) => {
+            let gate = match file_gate {
+                Some(g) => g,
+                None => match options.gate {
+                    GateKind::Oracle => Gate::Oracle,
+                    GateKind::SelfGate => Gate::SelfGate(SelfGate::calibrate(
+                        data,
+                        &model,
+                        &sha,
+                        SelfGateOptions {
+                            bits: options.bits.unwrap_or(8),
+                            sparsity,
+                            margin: options.margin,
+                            frac_bits: DEFAULT_FRAC_BITS,
+                            clip_quantile: options.clip_quantile,
+                        },
+                    )?),
+                    GateKind::Mlp => unreachable!("checked above"),
+                },
+            };
+            let exact = FfnMask::calibrate(NeuronScore::Oracle, data, &model, sparsity, 1)?;
+            // A file's own thresholds are used as they are when they match the request.
+            let mask = match &gate {
+                Gate::SelfGate(g) if options.block == 1 && g.sparsity == sparsity => {
+                    self_gate_mask(g)
+                }
+                Gate::Mlp(p) if options.block == 1 && p.sparsity == sparsity => p.mask(),
+                _ => FfnMask::calibrate(gate.score(), data, &model, sparsity, options.block)?,
+            };
+            let (bits, cost) = match &gate {
+                Gate::SelfGate(g) => (
+                    Some(g.bits),
+                    Some(self_gate_online_bytes(c.ffn_dim, g.bits)),
+                ),
+                Gate::Mlp(p) => (None, Some(p.secure_bytes_per_token())),
+                Gate::Oracle => (None, None),
+            };
+            let ffn = FfnSetting {
+                gate: &gate,
+                mask: &mask,
+                exact: &exact,
+                kind: options.gate,
+                bits,
+                sparsity,
+                cost,
+            };
+            vec![measure(
+                &model,
+                &dense,
+                options.chunk,
+                Some(&ffn),
+                head_setting.as_ref(),
+            )?]
+        }
+        _ => vec![measure(
             &model,
             &dense,
             options.chunk,
-            &gate,
-            &mask,
-            &exact,
-            (options.gate, bits, sparsity),
-            cost,
-        )?]
+            None,
+            head_setting.as_ref(),
+        )?],
     };
     if let [only] = rows.as_slice() {
-        let _ = writeln!(report, "per layer, on the scored tokens:");
-        report += &layer_table(&only.layer_stats, "", &|_| String::new());
+        if only.gate.is_some() {
+            let _ = writeln!(report, "FFN gate per layer, on the scored tokens:");
+            report += &layer_table(&only.layer_stats, "", &|_| String::new());
+        }
+        if only.head_gate.is_some() {
+            let _ = writeln!(
+                report,
+                "head gate per layer, on the scored tokens (mean over tokens):"
+            );
+            report += &head_table(&only.head_layer_stats, "", &|_| String::new());
+        }
     }
-    let _ = writeln!(report, "{ROW_HEADER}");
+    let heads_on = head_setting.is_some();
+    let _ = writeln!(
+        report,
+        "{ROW_HEADER}{}",
+        if heads_on { HEAD_HEADER } else { "" }
+    );
     for r in &rows {
         let _ = writeln!(report, "{}", row_line(r));
     }
@@ -838,12 +1319,20 @@ pub fn sparse_eval(options: SparseEvalOptions) -> anyhow::Result<()> {
          greedy token over the prompt continuations; recall/precision against the exact set \
          (|SiLU(gate)·up| above the calibrated threshold)"
     );
+    if heads_on {
+        let _ = writeln!(
+            report,
+            "heads: hkept = kept (token, head) fraction; hrecall/hprecision against the oracle set \
+             (contribution ‖Wo_h·o_h‖ above the layer's calibrated threshold); kv skipped = \
+             (token, layer, key/value group) entries with every query head skipped"
+        );
+    }
     if let Some(path) = &options.json {
         let json = JsonReport {
             model: model_path(options.model.as_deref()).display().to_string(),
             model_sha256: &sha,
             calib: options.calib.display().to_string(),
-            calib_tokens: data.tokens,
+            calib_tokens,
             text: options.text.as_ref().map(|p| p.display().to_string()),
             scored_tokens: scored,
             prompts: options.prompts.as_ref().map(|p| p.display().to_string()),
@@ -943,16 +1432,16 @@ fn quality_curve(
             Gate::Mlp(p) => Some(p.secure_bytes_per_token()),
             Gate::Oracle => None,
         };
-        let row = measure(
-            model,
-            dense,
-            options.chunk,
-            &gates[g].2,
-            &mask,
+        let setting = FfnSetting {
+            gate: &gates[g].2,
+            mask: &mask,
             exact,
-            (kind, bits, s),
+            kind,
+            bits,
+            sparsity: s,
             cost,
-        )?;
+        };
+        let row = measure(model, dense, options.chunk, Some(&setting), None)?;
         progress.suspend(|| eprintln!("{}", row_line(&row)));
         rows.push(row);
         progress.inc(1);
