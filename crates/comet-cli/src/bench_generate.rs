@@ -1,7 +1,8 @@
 //! `comet bench generate`: secure generations on the real model in every requested
 //! (mode, sparsity, network) setting, measured in one run: per phase (prefill, decode) time,
-//! bytes and rounds, the FFN's and the gate's share, the session's permuted-weight bytes; a
-//! table with the sparse/dense ratios, a JSON array and an SVG plot.
+//! bytes and rounds, the FFN's, the gate's and the attention's share, KV holes and refills,
+//! the session's permuted-weight bytes; a table with the ratios against dense, a JSON array
+//! and an SVG plot.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -9,20 +10,33 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use comet_engine::local::{capacity_for, generate as secure_generate};
-use comet_engine::sparse::FfnMode;
+use comet_engine::sparse::SessionMode;
 use comet_engine::{GenerationReport, LocalDeployment, StepCosts};
 use comet_model::{Sampler, SamplingParams, SparsitySpec};
 use serde::Serialize;
 
 use crate::secure::{load_model, parse_net, share_in_process, write_json};
-use crate::sparse_mode::{ffn_mode, SecureSparsityArgs};
+use crate::sparse_mode::{session_mode, SecureSparsityArgs};
 
 /// Arguments of `comet bench generate`.
 #[derive(Args, Debug)]
 pub struct BenchGenerateArgs {
-    /// Engine modes, comma-separated: `dense`, `sparse`.
+    /// Engine modes, comma-separated: `dense`, `sparse` (FFN, at --sparsity-levels), `heads`
+    /// (attention heads, at --head-skips and/or with --head-gate-file).
     #[arg(long, default_value = "dense")]
     pub mode: String,
+    /// Heads mode: heads skipped per layer and token, comma-separated (exact counts, in the
+    /// session's secret order: the cost of a head sparsity without a predictor's variation).
+    #[arg(long, default_value = "1,2")]
+    pub head_skips: String,
+    /// Heads mode: also run the trained head predictor from this file (`comet train-predictor
+    /// --target heads`), at the sparsity it was trained for.
+    #[arg(long, value_name = "FILE")]
+    pub head_gate_file: Option<PathBuf>,
+    /// Heads mode: every N steps each layer also skips one whole key/value group (holes that
+    /// the next step refills).
+    #[arg(long, value_name = "N")]
+    pub force_group_skip: Option<usize>,
     /// FFN sparsity levels of the sparse mode, comma-separated.
     #[arg(long, default_value = "0.5,0.9")]
     pub sparsity_levels: String,
@@ -65,9 +79,9 @@ pub struct BenchGenerateArgs {
 /// One (mode, sparsity, net, phase) measurement.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
-    /// `dense` or `sparse`.
+    /// `dense`, `sparse` (FFN) or `heads`.
     pub mode: String,
-    /// Target FFN sparsity (0 for dense).
+    /// Target fraction skipped: FFN neurons (sparse) or heads (heads); 0 for dense.
     pub sparsity: f64,
     /// Network preset.
     pub net: String,
@@ -93,8 +107,17 @@ pub struct BenchRow {
     pub attn_online_bytes: f64,
     /// Fraction of (token, neuron) pairs computed (1 for dense).
     pub active_fraction: f64,
-    /// Offline bytes of the session's permuted FFN weights (0 for dense).
+    /// Offline bytes of the session's permuted weights (0 for dense).
     pub session_offline_bytes: u64,
+    /// Fraction of (token, head) pairs computed (1 without head sparsity).
+    pub heads_active_fraction: f64,
+    /// Key/value rows × groups left as holes (prefill total or mean per decode token).
+    pub kv_holes: f64,
+    /// Holes refilled (KV misses), same basis.
+    pub kv_misses: f64,
+    /// Rounds beyond the dense run's (same net and phase): the gates' rounds; refills ride
+    /// the step's own rounds, so they add none.
+    pub extra_rounds: f64,
 }
 
 fn op_bytes(step: &StepCosts, keep: impl Fn(&str) -> bool) -> f64 {
@@ -119,6 +142,7 @@ fn rows_of(
     mode: &str,
     sparsity: f64,
     neurons_per_token: f64,
+    heads_per_token: f64,
 ) -> Vec<BenchRow> {
     let session_bytes = report.prefill.as_ref().map_or(0, |p| p.setup_offline_bytes);
     let row = |phase: &str, steps: &[&StepCosts]| -> BenchRow {
@@ -132,6 +156,10 @@ fn rows_of(
         let active: f64 = steps
             .iter()
             .map(|s| s.ffn_active.iter().sum::<u64>() as f64)
+            .sum();
+        let heads_active: f64 = steps
+            .iter()
+            .map(|s| s.attn_active.iter().sum::<u64>() as f64)
             .sum();
         BenchRow {
             mode: mode.to_string(),
@@ -151,12 +179,20 @@ fn rows_of(
             ffn_online_bytes: per_token(&|s| op_bytes(s, is_ffn)),
             gate_online_bytes: per_token(&|s| op_bytes(s, |op| op == "ffn.gate")),
             attn_online_bytes: per_token(&|s| op_bytes(s, is_attn)),
-            active_fraction: if mode == "dense" {
+            active_fraction: if active == 0.0 {
                 1.0
             } else {
                 active / (tokens as f64 * neurons_per_token).max(1.0)
             },
             session_offline_bytes: session_bytes,
+            heads_active_fraction: if heads_active == 0.0 {
+                1.0
+            } else {
+                heads_active / (tokens as f64 * heads_per_token).max(1.0)
+            },
+            kv_holes: mean(&|s| s.kv_holes as f64),
+            kv_misses: mean(&|s| s.kv_refilled as f64),
+            extra_rounds: 0.0,
         }
     };
     let mut out = Vec::new();
@@ -184,10 +220,11 @@ fn parse_list<T: std::str::FromStr>(what: &str, text: &str) -> anyhow::Result<Ve
 pub fn run(args: BenchGenerateArgs) -> anyhow::Result<()> {
     let modes: Vec<String> = parse_list("mode", &args.mode)?;
     for m in &modes {
-        if m != "dense" && m != "sparse" {
-            bail!("--mode {m}: expected dense and/or sparse");
+        if !["dense", "sparse", "heads"].contains(&m.as_str()) {
+            bail!("--mode {m}: expected dense, sparse and/or heads");
         }
     }
+    let head_skips: Vec<usize> = parse_list("head-skips", &args.head_skips)?;
     let levels: Vec<f64> = parse_list("sparsity-levels", &args.sparsity_levels)?;
     if let Some(bad) = levels.iter().find(|l| !(0.0..1.0).contains(*l)) {
         bail!("--sparsity-levels: {bad} is outside [0, 1)");
@@ -248,9 +285,9 @@ pub fn run(args: BenchGenerateArgs) -> anyhow::Result<()> {
     };
     let mut dep: LocalDeployment = share_in_process(&model)?;
     // Settings: (mode name, sparsity, engine mode).
-    let mut settings: Vec<(String, f64, FfnMode)> = Vec::new();
+    let mut settings: Vec<(String, f64, SessionMode)> = Vec::new();
     if modes.iter().any(|m| m == "dense") {
-        settings.push(("dense".into(), 0.0, FfnMode::Dense));
+        settings.push(("dense".into(), 0.0, SessionMode::default()));
     }
     if modes.iter().any(|m| m == "sparse") {
         for (&level, gate_file) in levels.iter().zip(gate_files) {
@@ -263,10 +300,40 @@ pub fn run(args: BenchGenerateArgs) -> anyhow::Result<()> {
                 gate_file,
                 bits: args.bits,
                 calib: args.calib.clone(),
-                repermute_every: None,
+                ..SecureSparsityArgs::dense()
             };
-            let mode = ffn_mode(&opts, &model, &path, &tokenizer, &mut dep)?;
+            let mode = session_mode(&opts, &model, &path, &tokenizer, &mut dep)?;
             settings.push(("sparse".into(), level, mode));
+        }
+    }
+    if modes.iter().any(|m| m == "heads") {
+        let heads = |opts: SecureSparsityArgs| SecureSparsityArgs {
+            force_group_skip: args.force_group_skip,
+            ..opts
+        };
+        for &k in &head_skips {
+            let opts = heads(SecureSparsityArgs {
+                force_head_skip: Some(k),
+                ..SecureSparsityArgs::dense()
+            });
+            let mode = session_mode(&opts, &model, &path, &tokenizer, &mut dep)?;
+            settings.push(("heads".into(), k as f64 / c.n_heads as f64, mode));
+        }
+        if let Some(file) = &args.head_gate_file {
+            let hash = comet_engine::shares::file_sha256(&path)?;
+            let trained = comet_model::heads::HeadPredictor::load(
+                file, &hash, c.n_layers, c.d_model, c.n_heads,
+            )?;
+            let opts = heads(SecureSparsityArgs {
+                sparsity: SparsitySpec {
+                    ffn: None,
+                    heads: Some(trained.mlp.sparsity),
+                },
+                head_gate_file: Some(file.clone()),
+                ..SecureSparsityArgs::dense()
+            });
+            let mode = session_mode(&opts, &model, &path, &tokenizer, &mut dep)?;
+            settings.push(("heads-mlp".into(), trained.mlp.sparsity, mode));
         }
     }
     drop(model);
@@ -307,7 +374,22 @@ pub fn run(args: BenchGenerateArgs) -> anyhow::Result<()> {
             texts.push(
                 serde_json::json!({"mode": mode, "sparsity": level, "net": net_name, "text": text}),
             );
-            rows.extend(rows_of(&generated.report, mode, *level, neurons));
+            rows.extend(rows_of(
+                &generated.report,
+                mode,
+                *level,
+                neurons,
+                (c.n_heads * c.n_layers) as f64,
+            ));
+        }
+    }
+    let snapshot = rows.clone();
+    for r in &mut rows {
+        if let Some(d) = snapshot
+            .iter()
+            .find(|d| d.mode == "dense" && d.net == r.net && d.phase == r.phase)
+        {
+            r.extra_rounds = r.rounds - d.rounds;
         }
     }
     print!("{}", table(&rows));
@@ -333,7 +415,7 @@ pub fn table(rows: &[BenchRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<7} {:>5} {:<5} {:<8} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>9} {:>7} {:>16}",
+        "{:<9} {:>5} {:<5} {:<8} {:>10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>9} {:>11} {:>7} {:>6} {:>11} {:>22}",
         "mode",
         "spars",
         "net",
@@ -345,8 +427,11 @@ pub fn table(rows: &[BenchRow]) -> String {
         "rounds",
         "ffn KB/tok",
         "gate KB",
+        "attn KB/tok",
         "active",
-        "dense/this B|t|ffn"
+        "heads",
+        "holes/miss",
+        "dense/this B|t|ffn|attn"
     );
     for r in rows {
         let dense = rows
@@ -354,16 +439,17 @@ pub fn table(rows: &[BenchRow]) -> String {
             .find(|d| d.mode == "dense" && d.net == r.net && d.phase == r.phase);
         let ratio = match dense {
             Some(d) if r.mode != "dense" => format!(
-                "{:.2}|{:.2}|{:.2}",
+                "{:.2}|{:.2}|{:.2}|{:.2}",
                 d.online_bytes / r.online_bytes.max(1.0),
                 d.online_ms / r.online_ms.max(1e-9),
-                d.ffn_online_bytes / r.ffn_online_bytes.max(1.0)
+                d.ffn_online_bytes / r.ffn_online_bytes.max(1.0),
+                d.attn_online_bytes / r.attn_online_bytes.max(1.0)
             ),
             _ => "-".into(),
         };
         let _ = writeln!(
             out,
-            "{:<7} {:>5.2} {:<5} {:<8} {:>10.1} {:>10.1} {:>10.3} {:>10.1} {:>7.0} {:>10.1} {:>9.2} {:>7.3} {:>16}",
+            "{:<9} {:>5.2} {:<5} {:<8} {:>10.1} {:>10.1} {:>10.3} {:>10.1} {:>7.0} {:>10.1} {:>9.2} {:>11.1} {:>7.3} {:>6.3} {:>11} {:>22}",
             r.mode,
             r.sparsity,
             r.net,
@@ -375,15 +461,25 @@ pub fn table(rows: &[BenchRow]) -> String {
             r.rounds,
             r.ffn_online_bytes / 1e3,
             r.gate_online_bytes / 1e3,
+            r.attn_online_bytes / 1e3,
             r.active_fraction,
+            r.heads_active_fraction,
+            format!("{:.0}/{:.0}", r.kv_holes, r.kv_misses),
             ratio
         );
     }
-    if let Some(s) = rows.iter().find(|r| r.session_offline_bytes > 0) {
+    let first_net = rows.first().map(|r| r.net.as_str());
+    for r in rows
+        .iter()
+        .filter(|r| r.session_offline_bytes > 0 && r.phase == "prefill")
+        .filter(|r| Some(r.net.as_str()) == first_net)
+    {
         let _ = writeln!(
             out,
-            "per-session permuted FFN weights (offline, both servers): {:.1} MB",
-            s.session_offline_bytes as f64 / 1e6
+            "per-session permuted weights of {} {:.2} (offline, both servers): {:.1} MB",
+            r.mode,
+            r.sparsity,
+            r.session_offline_bytes as f64 / 1e6
         );
     }
     out

@@ -13,7 +13,7 @@ use comet_model::{Model, Sampler, SamplingParams, Tokenizer};
 use comet_net::NetProfile;
 use indicatif::ProgressBar;
 
-use crate::sparse_mode::{ffn_mode, SecureSparsityArgs};
+use crate::sparse_mode::{session_mode, SecureSparsityArgs};
 
 /// Fractional bits of the secure engine's fixed point (DESIGN.md §3).
 const FRAC_BITS: u32 = 12;
@@ -92,7 +92,7 @@ pub fn generate(opts: SecureGenerateOptions) -> anyhow::Result<GenerationReport>
     let capacity = capacity.min(context);
     check_capacity(model.config(), capacity)?;
     let mut dep = share_in_process(&model)?;
-    let mode = ffn_mode(&opts.sparse, &model, &model_path, &tokenizer, &mut dep)?;
+    let mode = session_mode(&opts.sparse, &model, &model_path, &tokenizer, &mut dep)?;
     drop(model);
     let mut session = dep.session_with(capacity, opts.net, mode)?;
     let mut sampler = Sampler::new(opts.sampling);
@@ -198,7 +198,7 @@ pub fn eval(opts: SecureEvalOptions) -> anyhow::Result<()> {
     let vocab = model.config().vocab_size;
     let reference = model.forward_all(&tokens, &mut model.new_cache())?;
     let mut dep = share_in_process(&model)?;
-    let mode = ffn_mode(&opts.sparse, &model, &path, &tokenizer, &mut dep)?;
+    let mode = session_mode(&opts.sparse, &model, &path, &tokenizer, &mut dep)?;
     let mut session = dep.session_with(tokens.len(), opts.net, mode)?;
     let bar = spinner(format!("secure forward of {} tokens", tokens.len()));
     let step = session.client().step(&tokens, true);
@@ -305,7 +305,7 @@ pub fn eval_prompts(opts: SecurePromptsOptions) -> anyhow::Result<()> {
     }
     let (model, tokenizer, path) = load_model(opts.model.as_deref())?;
     let mut dep = share_in_process(&model)?;
-    let mode = ffn_mode(&opts.sparse, &model, &path, &tokenizer, &mut dep)?;
+    let mode = session_mode(&opts.sparse, &model, &path, &tokenizer, &mut dep)?;
     let bar = ProgressBar::new(prompts.len() as u64);
     let (mut agree, mut total) = (0usize, 0usize);
     let mut per_prompt = Vec::new();
@@ -413,7 +413,7 @@ pub fn generate_command(args: crate::plaintext::GenerateArgs) -> anyhow::Result<
         sparse: args.sparse,
     };
     if let Some(remote) = args.remote {
-        if options.sparse.sparsity.is_sparse() {
+        if options.sparse.is_sparse() {
             bail!(
                 "--sparsity runs in the one-process deployment only; --remote sessions are dense"
             );

@@ -1,15 +1,18 @@
-//! `--sparsity ffn=F --gate self [--gate-file FILE | --bits N --calib FILE]` for the secure
-//! commands: turns the options into the engine's [`FfnMode`], loading a calibrated self-gate
-//! or calibrating one on the fly (cached beside the model, bound to its hash).
+//! `--sparsity ffn=F,heads=H --gate self [--gate-file FILE | --bits N --calib FILE]
+//! [--head-gate-file FILE]` for the secure commands: turns the options into the engine's
+//! [`SessionMode`], loading a calibrated self-gate or calibrating one on the fly (cached beside
+//! the model, bound to its hash), and a trained head predictor.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use comet_core::FixedPoint;
+use comet_engine::heads::SparseHeads;
 use comet_engine::shares::file_sha256;
-use comet_engine::sparse::{FfnMode, SparseFfn};
+use comet_engine::sparse::{FfnMode, SessionMode, SparseFfn};
 use comet_engine::LocalDeployment;
+use comet_model::heads::HeadPredictor;
 use comet_model::predictor::Predictor;
 use comet_model::sparsity::{CalibrationData, SelfGateOptions};
 use comet_model::{Model, SelfGate, SparsitySpec, Tokenizer};
@@ -31,7 +34,8 @@ const ON_THE_FLY_CALIBRATION_TOKENS: usize = 4096;
 /// Sparsity options of the secure commands.
 #[derive(Args, Debug, Clone)]
 pub struct SecureSparsityArgs {
-    /// FFN sparsity: `off` (dense) or `ffn=F`, the fraction of FFN neurons skipped per token.
+    /// Sparsity: `off` (dense), `ffn=F`, `heads=H` or `ffn=F,heads=H`: the fraction of FFN
+    /// neurons / attention heads skipped per token.
     #[arg(long, default_value = "off")]
     pub sparsity: SparsitySpec,
     /// Which predictor decides the active neurons: `self` (the layer's own low-bit gate and up
@@ -52,11 +56,107 @@ pub struct SecureSparsityArgs {
     /// again offline); by default one order serves the whole session.
     #[arg(long, value_name = "N")]
     pub repermute_every: Option<usize>,
+    /// Head predictor for `heads=H`, from `comet train-predictor --target heads`.
+    #[arg(long, value_name = "FILE")]
+    pub head_gate_file: Option<PathBuf>,
+    /// Measurement: skip exactly K heads per layer and token (in the secret head order,
+    /// rotating), with or without a predictor.
+    #[arg(long, value_name = "K")]
+    pub force_head_skip: Option<usize>,
+    /// Testing and measurement: every N steps each layer skips one whole key/value group,
+    /// whose rows become holes that the next step refills.
+    #[arg(long, value_name = "N")]
+    pub force_group_skip: Option<usize>,
 }
 
-/// Resolves the options for `model` (loaded from `model_path`) into an engine mode, and gives
-/// the deployment's dealer what sparse sessions need (the plaintext FFN, the predictor).
-pub fn ffn_mode(
+impl SecureSparsityArgs {
+    /// The dense engine with the defaults of every other option.
+    pub fn dense() -> Self {
+        Self {
+            sparsity: SparsitySpec::off(),
+            gate: "self".into(),
+            gate_file: None,
+            bits: 8,
+            calib: None,
+            repermute_every: None,
+            head_gate_file: None,
+            force_head_skip: None,
+            force_group_skip: None,
+        }
+    }
+
+    /// True when the session runs anything but the dense engine.
+    pub fn is_sparse(&self) -> bool {
+        self.sparsity.is_sparse()
+            || self.force_head_skip.is_some()
+            || self.force_group_skip.is_some()
+    }
+}
+
+/// Resolves the options for `model` (loaded from `model_path`) into an engine mode (FFN and
+/// heads), and gives the deployment's dealer what sparse sessions need.
+pub fn session_mode(
+    args: &SecureSparsityArgs,
+    model: &Model,
+    model_path: &Path,
+    tokenizer: &Tokenizer,
+    dep: &mut LocalDeployment,
+) -> anyhow::Result<SessionMode> {
+    let ffn = ffn_mode(args, model, model_path, tokenizer, dep)?;
+    let heads = head_mode(args, model, model_path, dep)?;
+    Ok(SessionMode { ffn, heads })
+}
+
+/// The head-sparsity policy the options ask for, if any.
+fn head_mode(
+    args: &SecureSparsityArgs,
+    model: &Model,
+    model_path: &Path,
+    dep: &mut LocalDeployment,
+) -> anyhow::Result<Option<Arc<SparseHeads>>> {
+    let c = model.config();
+    let forced = args.force_head_skip.is_some() || args.force_group_skip.is_some();
+    let mut policy = match (args.sparsity.heads, &args.head_gate_file) {
+        (Some(heads), Some(path)) => {
+            let hash = file_sha256(model_path)?;
+            let predictor = HeadPredictor::load(path, &hash, c.n_layers, c.d_model, c.n_heads)?;
+            if (predictor.mlp.sparsity - heads).abs() > 1e-9 {
+                bail!(
+                    "the head predictor was trained for heads={}, not {heads}",
+                    predictor.mlp.sparsity
+                );
+            }
+            dep.enable_sparse_heads(model, Some(&predictor))?;
+            SparseHeads::from_predictor(&predictor, c, FixedPoint::new(FRAC_BITS))?
+        }
+        (Some(_), None) => bail!(
+            "--sparsity heads=H needs --head-gate-file FILE (from `comet train-predictor \
+             --target heads`)"
+        ),
+        (None, Some(_)) => bail!("--head-gate-file needs --sparsity heads=H"),
+        (None, None) if forced => {
+            dep.enable_sparse_heads(model, None)?;
+            SparseHeads::skip_heads(0)
+        }
+        (None, None) => return Ok(None),
+    };
+    if let Some(k) = args.force_head_skip {
+        if k >= c.n_heads {
+            bail!("--force-head-skip {k}: the model has {} heads", c.n_heads);
+        }
+        policy.forced_head_skip = k;
+    }
+    if let Some(n) = args.force_group_skip {
+        if n == 0 {
+            bail!("--force-group-skip must be at least 1");
+        }
+        policy.forced_group_skip = Some(n);
+    }
+    Ok(Some(Arc::new(policy)))
+}
+
+/// The FFN part of [`session_mode`]: gives the dealer the plaintext FFN and the predictor.
+fn ffn_mode(
     args: &SecureSparsityArgs,
     model: &Model,
     model_path: &Path,
