@@ -1,12 +1,13 @@
 //! The secure forward of a llama model on one server (DESIGN.md §6), with a dense or a sparse
-//! FFN (DESIGN.md §7, `crate::sparse`).
+//! FFN (DESIGN.md §7, `crate::sparse`) and dense or head-sparse attention (`crate::heads`).
 //!
 //! Scales: activations carry `f` fractional bits; a product of two of them carries `2f`.
 //! Per block: RMSNorm fused with the Q/K/V product (gain folded into the weights; the squares
 //! reuse the product's opening, `nonlinear::rms_norm_matmul`) → RoPE as a public rotation at
 //! `3f` truncated by `2f` in one round (`1/√head_dim` folded into the query rotation) → one
 //! opening of the masked query together with the new key/value rows (against their fixed row
-//! masks) → scores `Q·Kᵀ` locally → truncation → causal softmax → one opening of the masked
+//! masks) [head-sparse: the predictor's bits first; only the active heads' queries, and the
+//! refilled holes with the new rows] → scores `Q·Kᵀ` locally → truncation → causal softmax → one opening of the masked
 //! probabilities → `P·V` locally at `2f` → `Wo` at `3f` → truncation by `2f` → residual →
 //! RMSNorm fused with gate/up → [sparse: self-gate, see `crate::sparse`] → SiLU(gate)·up from
 //! the untruncated products in two rounds (`nonlinear::silu_mul_2f`) → down at `3f` →
@@ -57,20 +58,29 @@ pub fn embed(
     ))
 }
 
+/// A server's per-session state of the FFN and, with head sparsity, of the attention.
+#[derive(Debug)]
+pub struct Sessions<'a> {
+    /// The FFN (dense or sparse).
+    pub ffn: &'a mut FfnSession,
+    /// The head-sparse attention, if the session runs it.
+    pub heads: Option<&'a mut HeadSession>,
+}
+
 /// Runs `m` new positions (shares of their embeddings `x`, `m × d` at scale `f`) through all
-/// blocks (FFNs dense or sparse as `ffn` says), appending their keys and values to `cache`,
+/// blocks (FFNs and attention dense or sparse as `sessions` says), appending their keys and values to `cache`,
 /// and returns shares of the logits of the last `logits_rows` positions (`logits_rows ×
 /// vocab`, scale `2f`).
 pub fn forward(
     p: &mut Party,
     model: &ServerModel,
     cache: &mut SecureKvCache,
-    ffn: &mut FfnSession,
-    mut heads: Option<&mut HeadSession>,
+    sessions: Sessions<'_>,
     mut x: Vec<u64>,
     m: usize,
     logits_rows: usize,
 ) -> Result<Vec<u64>> {
+    let Sessions { ffn, mut heads } = sessions;
     let c = &model.config;
     if m == 0 || x.len() != m * c.d_model || logits_rows == 0 || logits_rows > m {
         return Err(EngineError::InvalidRequest(format!(

@@ -203,7 +203,11 @@ fn serve_step(
         .map_err(|err| EngineError::Session(format!("masked one-hots: {err}")))?;
     let x = forward::embed(p, model, &e, &mask.mask, m)?;
     let rows = if all_logits { m } else { 1 };
-    let logits = forward::forward(p, model, cache, ffn, heads.as_mut(), x, m, rows)?;
+    let sessions = forward::Sessions {
+        ffn,
+        heads: heads.as_mut(),
+    };
+    let logits = forward::forward(p, model, cache, sessions, x, m, rows)?;
     let mut costs = PartyCosts::snapshot(p, clock).since(&before, started.elapsed());
     costs.ffn_active = ffn.last_active_counts();
     if let Some(h) = heads.as_mut() {

@@ -170,3 +170,83 @@ fn secure_sparse_matches_plaintext_with_the_same_masks_on_smollm2() {
         "{non_ties} of {total} decisions differ beyond rounding"
     );
 }
+
+/// Head sparsity on SmolLM2 with forced skips (one head per layer and token, and every other
+/// step a whole key/value group whose rows the next step refills): each step's secure greedy
+/// token equals the plaintext model's with the same heads masked.
+#[test]
+fn secure_head_sparsity_with_holes_matches_plaintext_on_smollm2() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    use comet_engine::heads::SparseHeads;
+    use comet_engine::sparse::SessionMode;
+    let Some(path) = comet_model::find_default_model() else {
+        eprintln!(
+            "skipped: {} is not installed",
+            comet_model::DEFAULT_MODEL_FILE
+        );
+        return;
+    };
+    let (model, tokenizer) = comet_model::load(&path).unwrap();
+    let c = model.config().clone();
+    let mut dep = LocalDeployment::share(&model, FixedPoint::new(12)).unwrap();
+    dep.enable_sparse_heads(&model, None).unwrap();
+    let policy = SparseHeads {
+        forced_head_skip: 1,
+        ..SparseHeads::forced(2)
+    };
+    let mode = SessionMode {
+        heads: Some(std::sync::Arc::new(policy)),
+        ..Default::default()
+    };
+    let prompt = tokenizer.encode("The capital of France is").unwrap();
+    let mut session = dep
+        .session_with(prompt.len() + 2, NetProfile::none(), mode)
+        .unwrap();
+    let mut steps = vec![prompt];
+    let mut secure_tokens = Vec::new();
+    let mut refilled = 0;
+    for _ in 0..3 {
+        let r = session.client().step(steps.last().unwrap(), false).unwrap();
+        refilled += r.costs.kv_refilled;
+        let next = comet_model::sampling::argmax(&r.logits) as u32;
+        secure_tokens.push(next);
+        steps.push(vec![next]);
+    }
+    steps.pop();
+    let summaries = session.finish().unwrap();
+    assert_eq!(
+        refilled,
+        (steps[0].len() * c.n_layers) as u64,
+        "the prompt's holes"
+    );
+    let perms: Vec<Vec<usize>> = (0..c.n_layers)
+        .map(|l| dep.head_permutation(l).unwrap())
+        .collect();
+    let (n, hd) = (c.n_heads, c.head_dim);
+    let mut cache = model.new_cache();
+    for ((tokens, masks), want) in steps
+        .iter()
+        .zip(&summaries[0].head_masks)
+        .zip(&secure_tokens)
+    {
+        let mut hook = |a: &mut comet_model::AttnActivations<'_>| {
+            for t in 0..a.tokens {
+                for (pos, &head) in perms[a.layer].iter().enumerate() {
+                    if !masks[a.layer][t * n + pos] {
+                        a.heads[(t * n + head) * hd..(t * n + head + 1) * hd].fill(0.0);
+                    }
+                }
+            }
+        };
+        let options = comet_model::ForwardOptions {
+            attn_hook: Some(&mut hook),
+            ..Default::default()
+        };
+        let logits = model.forward_with(tokens, &mut cache, options).unwrap();
+        assert_eq!(comet_model::sampling::argmax(&logits) as u32, *want);
+    }
+    eprintln!(
+        "head-sparse greedy: {:?}",
+        tokenizer.decode(&secure_tokens).unwrap()
+    );
+}
