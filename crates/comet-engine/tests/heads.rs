@@ -3,8 +3,9 @@
 //! inside their own rounds; the output equals the plaintext model with the same heads
 //! masked, and the refilled cache equals the plaintext cache.
 
+mod common;
+
 use comet_core::{FixedPoint, Prg};
-use comet_dealer::Dealer;
 use comet_engine::heads::SparseHeads;
 use comet_engine::sparse::SessionMode;
 use comet_engine::{LocalDeployment, StepCosts};
@@ -12,24 +13,11 @@ use comet_model::heads::HeadPredictor;
 use comet_model::predictor::{Predictor, PredictorLayer};
 use comet_model::{AttnActivations, ForwardOptions, KvCache, LogitsMode, Model};
 use comet_net::NetProfile;
+use common::{assert_close, deployment, tiny_model};
 use std::sync::Arc;
 
-fn tiny_model(seed: u64) -> (tempfile::TempDir, Model) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    comet_model::testing::write_tiny_llama_gguf(&path, seed).unwrap();
-    let model = Model::load(&path).unwrap();
-    (dir, model)
-}
-
 fn head_deployment(model: &Model, seed: u8) -> LocalDeployment {
-    let mut dep = LocalDeployment::share_with(
-        model,
-        FixedPoint::new(12),
-        Dealer::with_prg(Prg::from_seed([seed; 16])),
-        Prg::from_seed([seed.wrapping_add(1); 16]),
-    )
-    .unwrap();
+    let mut dep = deployment(model, seed);
     dep.enable_sparse_heads(model, None).unwrap();
     dep
 }
@@ -100,26 +88,6 @@ fn plaintext_with_heads(
         })
         .collect();
     (logits, cache)
-}
-
-/// Every secure logit row is within 1% of the plaintext row's scale, same argmax.
-fn assert_close(secure: &[Vec<f32>], plain: &[Vec<f32>]) {
-    for (s, p) in secure.iter().zip(plain) {
-        let scale = p.iter().fold(1f32, |a, v| a.max(v.abs()));
-        let err = s
-            .iter()
-            .zip(p)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(
-            err < 0.01 * scale,
-            "secure vs plaintext: {err} (scale {scale})"
-        );
-        assert_eq!(
-            comet_model::sampling::argmax(s),
-            comet_model::sampling::argmax(p)
-        );
-    }
 }
 
 fn steps() -> Vec<Vec<u32>> {
@@ -291,13 +259,7 @@ fn the_secure_head_gate_is_the_plaintext_predictor_and_the_output_follows_it() {
     let c = model.config().clone();
     let fp = FixedPoint::new(12);
     let predictor = random_head_predictor(&model, 8, 3);
-    let mut dep = LocalDeployment::share_with(
-        &model,
-        fp,
-        Dealer::with_prg(Prg::from_seed([9; 16])),
-        Prg::from_seed([10; 16]),
-    )
-    .unwrap();
+    let mut dep = deployment(&model, 9);
     dep.enable_sparse_heads(&model, Some(&predictor)).unwrap();
     let heads = SparseHeads::from_predictor(&predictor, &c, fp).unwrap();
     let mode = SessionMode {

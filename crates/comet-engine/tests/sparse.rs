@@ -2,6 +2,8 @@
 //! output equals the plaintext model with the same neurons masked, and the servers' opened
 //! positions do not depend on which neurons are active.
 
+mod common;
+
 use comet_core::share::share;
 use comet_core::{FixedPoint, Prg};
 use comet_dealer::kinds::sparse::{PermutedFfn, PermutedFfnParams, PlainFfn};
@@ -14,24 +16,11 @@ use comet_model::{Model, Sampler, SamplingParams, SelfGate};
 use comet_net::NetProfile;
 use comet_protocols::sparse::{self_gate, SelfGateTable};
 use comet_protocols::testing::run_pair;
+use common::{assert_close, deployment, tiny_model};
 use std::sync::Arc;
 
-fn tiny_model(seed: u64) -> (tempfile::TempDir, Model) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    comet_model::testing::write_tiny_llama_gguf(&path, seed).unwrap();
-    let model = Model::load(&path).unwrap();
-    (dir, model)
-}
-
 fn sparse_deployment(model: &Model, seed: u8) -> LocalDeployment {
-    let mut dep = LocalDeployment::share_with(
-        model,
-        FixedPoint::new(12),
-        Dealer::with_prg(Prg::from_seed([seed; 16])),
-        Prg::from_seed([seed.wrapping_add(1); 16]),
-    )
-    .unwrap();
+    let mut dep = deployment(model, seed);
     dep.enable_sparse(model).unwrap();
     dep
 }
@@ -285,26 +274,6 @@ fn run_sparse_steps(
         .map(|l| dep.ffn_permutation(l).unwrap())
         .collect();
     (secure, masks, perms)
-}
-
-/// Every secure logit row is within 1% of the masked plaintext row's scale.
-fn assert_close(secure: &[Vec<f32>], plain: &[Vec<f32>]) {
-    for (s, p) in secure.iter().zip(plain) {
-        let scale = p.iter().fold(1f32, |a, v| a.max(v.abs()));
-        let err = s
-            .iter()
-            .zip(p)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(
-            err < 0.01 * scale,
-            "secure vs masked plaintext: {err} (scale {scale})"
-        );
-        assert_eq!(
-            comet_model::sampling::argmax(s),
-            comet_model::sampling::argmax(p)
-        );
-    }
 }
 
 #[test]

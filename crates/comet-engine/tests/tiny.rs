@@ -1,29 +1,11 @@
 //! Secure generation on a tiny random llama model against the plaintext reference.
 
-use comet_core::{FixedPoint, Prg};
-use comet_dealer::Dealer;
+mod common;
+
 use comet_engine::local::{capacity_for, generate};
-use comet_engine::LocalDeployment;
 use comet_model::{Model, Sampler, SamplingParams};
 use comet_net::NetProfile;
-
-fn tiny_model(seed: u64) -> (tempfile::TempDir, Model) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    comet_model::testing::write_tiny_llama_gguf(&path, seed).unwrap();
-    let model = Model::load(&path).unwrap();
-    (dir, model)
-}
-
-fn deployment(model: &Model, seed: u8) -> LocalDeployment {
-    LocalDeployment::share_with(
-        model,
-        FixedPoint::new(12),
-        Dealer::with_prg(Prg::from_seed([seed; 16])),
-        Prg::from_seed([seed.wrapping_add(1); 16]),
-    )
-    .unwrap()
-}
+use common::{deployment, tiny_model};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

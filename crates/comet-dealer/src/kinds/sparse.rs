@@ -248,6 +248,34 @@ impl SparseStore {
         self.current_attn.get(&layer).map(|(p, _)| p.as_slice())
     }
 
+    /// Masks a layer's session matrices (and shares the predictor's biases), records `perm` as
+    /// the layer's current FFN (or, with `attention`, head) order and retires the previous
+    /// session's ids; returns both servers' halves.
+    fn finish_layer(
+        &mut self,
+        attention: bool,
+        layer: u32,
+        perm: Vec<usize>,
+        matrices: Vec<(Vec<u64>, usize, usize)>,
+        biases: Option<(Vec<u64>, Vec<u64>)>,
+        prg: &mut comet_core::Prg,
+    ) -> [Vec<u8>; 2] {
+        let mut halves = [Writer::new(), Writer::new()];
+        let ids = self.emit_masked(matrices, &mut halves, prg);
+        if let Some((b1, b2)) = biases {
+            put_shared_biases(&mut halves, b1, b2, prg);
+        }
+        let current = if attention {
+            &mut self.current_attn
+        } else {
+            &mut self.current
+        };
+        if let Some((_, old)) = current.insert(layer, (perm, ids)) {
+            self.retired.extend(old);
+        }
+        halves.map(Writer::finish)
+    }
+
     /// Masks every matrix `(values, k, n)` under fresh seeds, writes both servers' views into
     /// `halves` (a count byte, then per matrix its id, shape, `F = W − B` and the server's
     /// seed of `B`) and returns the new ids; the masks join `pending`.
@@ -379,15 +407,7 @@ impl CorrelationKind for PermutedFfn {
             .predictor
             .as_ref()
             .map(|pr| pr.permuted(&perm, d, &mut matrices));
-        let mut halves = [Writer::new(), Writer::new()];
-        let ids = store.emit_masked(matrices, &mut halves, ctx.prg);
-        if let Some((b1, b2)) = predictor {
-            put_shared_biases(&mut halves, b1, b2, ctx.prg);
-        }
-        if let Some((_, old)) = store.current.insert(p.layer, (perm, ids)) {
-            store.retired.extend(old);
-        }
-        Ok(halves.map(Writer::finish))
+        Ok(store.finish_layer(false, p.layer, perm, matrices, predictor, ctx.prg))
     }
 
     fn decode(party: PartyId, _p: &PermutedFfnParams, bytes: &[u8]) -> Result<Self, DealerError> {
@@ -613,15 +633,7 @@ impl CorrelationKind for PermutedAttn {
             .predictor
             .as_ref()
             .map(|pr| pr.permuted(&perm, d, &mut matrices));
-        let mut halves = [Writer::new(), Writer::new()];
-        let ids = store.emit_masked(matrices, &mut halves, ctx.prg);
-        if let Some((b1, b2)) = predictor {
-            put_shared_biases(&mut halves, b1, b2, ctx.prg);
-        }
-        if let Some((_, old)) = store.current_attn.insert(p.layer, (perm, ids)) {
-            store.retired.extend(old);
-        }
-        Ok(halves.map(Writer::finish))
+        Ok(store.finish_layer(true, p.layer, perm, matrices, predictor, ctx.prg))
     }
 
     fn decode(party: PartyId, p: &PermutedAttnParams, bytes: &[u8]) -> Result<Self, DealerError> {
