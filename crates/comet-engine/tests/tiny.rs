@@ -3,7 +3,7 @@
 mod common;
 
 use comet_engine::local::{capacity_for, generate};
-use comet_model::{Model, Sampler, SamplingParams};
+use comet_model::{Sampler, SamplingParams};
 use comet_net::NetProfile;
 use common::{deployment, tiny_model};
 
