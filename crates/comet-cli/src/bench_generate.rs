@@ -101,9 +101,9 @@ pub struct BenchRow {
     pub rounds: f64,
     /// FFN online bytes per token (gate/up opening and truncation, gate, SiLU, product, down).
     pub ffn_online_bytes: f64,
-    /// Self-gate online bytes per token.
+    /// Gate online bytes per token (the FFN's self-gate or MLP, the head predictor).
     pub gate_online_bytes: f64,
-    /// Attention online bytes per token (without its norm).
+    /// Attention online bytes per token (without its norm; with the head gate).
     pub attn_online_bytes: f64,
     /// Fraction of (token, neuron) pairs computed (1 for dense).
     pub active_fraction: f64,
@@ -177,7 +177,7 @@ fn rows_of(
             offline_bytes: mean(&|s| s.offline_bytes as f64),
             rounds: mean(&|s| s.rounds as f64),
             ffn_online_bytes: per_token(&|s| op_bytes(s, is_ffn)),
-            gate_online_bytes: per_token(&|s| op_bytes(s, |op| op == "ffn.gate")),
+            gate_online_bytes: per_token(&|s| op_bytes(s, |op| op.ends_with(".gate"))),
             attn_online_bytes: per_token(&|s| op_bytes(s, is_attn)),
             active_fraction: if active == 0.0 {
                 1.0
