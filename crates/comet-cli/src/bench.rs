@@ -28,7 +28,7 @@ enum BenchWhat {
     /// Every 2PC protocol at a realistic size: time, bytes, rounds, error.
     Ops(OpsArgs),
     /// One secure generation on the real model: time, bytes and rounds per token.
-    Generate(crate::bench_generate::BenchGenerateArgs),
+    Generate(Box<crate::bench_generate::BenchGenerateArgs>),
 }
 
 /// Arguments of `comet bench ops`.
@@ -49,7 +49,7 @@ pub struct OpsArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Ops(ops) => run_ops(ops),
-        BenchWhat::Generate(g) => crate::bench_generate::run(g),
+        BenchWhat::Generate(g) => crate::bench_generate::run(*g),
     }
 }
 

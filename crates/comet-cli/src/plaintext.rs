@@ -246,9 +246,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             sparsity: args.sparsity.unwrap_or_default(),
             gate: args.gate.to_string(),
             gate_file: args.gate_file,
-            bits: args.bits.unwrap_or(6),
+            bits: args.bits.unwrap_or(8),
             calib: Some(args.calib),
-            repermute_every: None,
+            head_gate_file: args.head_gate_file.clone(),
+            ..crate::sparse_mode::SecureSparsityArgs::dense()
         };
         let net = crate::secure::parse_net(&args.net)?;
         if let Some(prompts) = args.prompts {
