@@ -7,8 +7,9 @@
 //! `3f` truncated by `2f` in one round (`1/√head_dim` folded into the query rotation) → one
 //! opening of the masked query together with the new key/value rows (against their fixed row
 //! masks) [head-sparse: the predictor's bits first; only the active heads' queries, and the
-//! refilled holes with the new rows] → scores `Q·Kᵀ` locally → truncation → causal softmax → one opening of the masked
-//! probabilities → `P·V` locally at `2f` → `Wo` at `3f` → truncation by `2f` → residual →
+//! refilled holes with the new rows] → scores `Q·Kᵀ` locally → truncation → causal softmax →
+//! one opening of the masked probabilities → `P·V` locally at `2f` → `Wo` at `3f` →
+//! truncation by `2f` → residual →
 //! RMSNorm fused with gate/up → [sparse: self-gate, see `crate::sparse`] → SiLU(gate)·up from
 //! the untruncated products in two rounds (`nonlinear::silu_mul_2f`) → down at `3f` →
 //! truncation by `2f` → residual. The LM head's output stays at `2f` and goes to the client as
@@ -68,9 +69,9 @@ pub struct Sessions<'a> {
 }
 
 /// Runs `m` new positions (shares of their embeddings `x`, `m × d` at scale `f`) through all
-/// blocks (FFNs and attention dense or sparse as `sessions` says), appending their keys and values to `cache`,
-/// and returns shares of the logits of the last `logits_rows` positions (`logits_rows ×
-/// vocab`, scale `2f`).
+/// blocks (FFNs and attention dense or sparse as `sessions` says), appending their keys and
+/// values to `cache`, and returns shares of the logits of the last `logits_rows` positions
+/// (`logits_rows × vocab`, scale `2f`).
 pub fn forward(
     p: &mut Party,
     model: &ServerModel,
@@ -156,7 +157,7 @@ fn attention(
     let c = &model.config;
     let f = model.fp.frac_bits;
     let (d, t, hd, qd, kvd) = (c.d_model, start + m, c.head_dim, c.q_dim(), c.kv_dim());
-    let (n_heads, group) = (c.n_heads, c.group_size());
+    let n_heads = c.n_heads;
     let (weights, predictor, mut state) = match heads {
         None => {
             let w = &model.layers[l];
@@ -312,7 +313,6 @@ fn attention(
         attention_values(p.is_p0(), c, &pairs, &e, &a, &mask.c, kv, m, t)
     };
     let _s = p.scope("attn.out");
-    debug_assert_eq!(group * c.n_kv_heads, n_heads);
     let o = arith::matmul_fixed_bits(p, &attn, m, &[weights[3]], nl::RESIDUAL_BITS)?;
     nl::truncate_residual(p, &o[0], 2 * f)
 }
