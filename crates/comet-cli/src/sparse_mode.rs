@@ -67,6 +67,11 @@ pub struct SecureSparsityArgs {
     /// whose rows become holes that the next step refills.
     #[arg(long, value_name = "N")]
     pub force_group_skip: Option<usize>,
+    /// Measurement: the prompt runs no attention head (all its rows become holes, refilled by
+    /// the first decode step), so later decode steps run at a long context without the
+    /// prompt's quadratic softmax; the generated text is not the model's.
+    #[arg(long)]
+    pub force_prompt_skip: bool,
 }
 
 impl SecureSparsityArgs {
@@ -82,6 +87,7 @@ impl SecureSparsityArgs {
             head_gate_file: None,
             force_head_skip: None,
             force_group_skip: None,
+            force_prompt_skip: false,
         }
     }
 
@@ -90,6 +96,7 @@ impl SecureSparsityArgs {
         self.sparsity.is_sparse()
             || self.force_head_skip.is_some()
             || self.force_group_skip.is_some()
+            || self.force_prompt_skip
     }
 }
 
@@ -115,7 +122,8 @@ fn head_mode(
     dep: &mut LocalDeployment,
 ) -> anyhow::Result<Option<Arc<SparseHeads>>> {
     let c = model.config();
-    let forced = args.force_head_skip.is_some() || args.force_group_skip.is_some();
+    let forced =
+        args.force_head_skip.is_some() || args.force_group_skip.is_some() || args.force_prompt_skip;
     let mut policy = match (args.sparsity.heads, &args.head_gate_file) {
         (Some(heads), Some(path)) => {
             let hash = file_sha256(model_path)?;
@@ -136,7 +144,7 @@ fn head_mode(
         (None, Some(_)) => bail!("--head-gate-file needs --sparsity heads=H"),
         (None, None) if forced => {
             dep.enable_sparse_heads(model, None)?;
-            SparseHeads::skip_heads(0)
+            SparseHeads::default()
         }
         (None, None) => return Ok(None),
     };
@@ -152,6 +160,7 @@ fn head_mode(
         }
         policy.forced_group_skip = Some(n);
     }
+    policy.forced_prompt_skip = args.force_prompt_skip;
     Ok(Some(Arc::new(policy)))
 }
 

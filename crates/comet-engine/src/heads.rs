@@ -33,8 +33,8 @@ use comet_model::LlamaConfig;
 use comet_protocols::Party;
 use std::sync::Arc;
 
-/// The head-sparsity policy of a session.
-#[derive(Clone, Debug, PartialEq)]
+/// The head-sparsity policy of a session (the default keeps every head).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SparseHeads {
     /// The fraction of heads the predictor's thresholds were calibrated to skip.
     pub sparsity: f64,
@@ -48,6 +48,10 @@ pub struct SparseHeads {
     /// Measurement: each layer and row skips this many heads of the secret order (rotating
     /// with the step and layer), besides what the predictor skips.
     pub forced_head_skip: usize,
+    /// Measurement: the first step (the prompt) runs no head at all, so its rows all become
+    /// holes that the next step refills: decode steps at a long context without the prompt's
+    /// quadratic softmax (the output is not the model's; the decode costs are).
+    pub forced_prompt_skip: bool,
 }
 
 impl SparseHeads {
@@ -77,29 +81,15 @@ impl SparseHeads {
         Ok(Self {
             sparsity: p.sparsity,
             thresholds: Some(crate::sparse::thresholds_at_3f(p, fp)),
-            forced_group_skip: None,
-            forced_head_skip: 0,
+            ..Self::default()
         })
     }
 
     /// Every head kept except the forced groups (`every` steps): holes without a predictor.
     pub fn forced(every: usize) -> Self {
         Self {
-            sparsity: 0.0,
-            thresholds: None,
             forced_group_skip: Some(every.max(1)),
-            forced_head_skip: 0,
-        }
-    }
-
-    /// Exactly `k` heads skipped per layer and row (no predictor): the cost of a given
-    /// head sparsity, independent of a predictor's per-token counts.
-    pub fn skip_heads(k: usize) -> Self {
-        Self {
-            sparsity: 0.0,
-            thresholds: None,
-            forced_group_skip: None,
-            forced_head_skip: k,
+            ..Self::default()
         }
     }
 }
@@ -226,8 +216,7 @@ impl HeadSession {
             policy: policy.clone(),
             weights,
             state: HeadState {
-                forced_group_skip: policy.forced_group_skip,
-                forced_head_skip: policy.forced_head_skip,
+                policy: policy.clone(),
                 holes: vec![Vec::new(); config.n_layers],
                 step: 0,
                 masks: vec![Vec::new(); config.n_layers],
@@ -241,8 +230,7 @@ impl HeadSession {
 /// and counters.
 #[derive(Debug)]
 pub struct HeadState {
-    forced_group_skip: Option<usize>,
-    forced_head_skip: usize,
+    policy: Arc<SparseHeads>,
     /// Per layer, the holes not refilled yet.
     holes: Vec<Vec<Hole>>,
     /// Steps run so far.
@@ -291,7 +279,10 @@ impl HeadState {
         let (heads, groups) = (c.n_heads, c.n_kv_heads);
         let group = c.group_size();
         let mut active = predicted.unwrap_or_else(|| vec![true; m * heads]);
-        if let Some(every) = self.forced_group_skip {
+        if self.step == 0 && self.policy.forced_prompt_skip {
+            active.fill(false);
+        }
+        if let Some(every) = self.policy.forced_group_skip {
             if self.step.is_multiple_of(every) {
                 let skipped = (self.step / every + l) % groups;
                 for row in active.chunks_mut(heads) {
@@ -301,7 +292,7 @@ impl HeadState {
         }
         let rotate = self.step + l;
         for row in active.chunks_mut(heads) {
-            for k in 0..self.forced_head_skip.min(heads) {
+            for k in 0..self.policy.forced_head_skip.min(heads) {
                 row[(rotate + k) % heads] = false;
             }
         }

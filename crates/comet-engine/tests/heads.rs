@@ -98,12 +98,7 @@ fn steps() -> Vec<Vec<u32>> {
 fn every_head_kept_equals_dense_with_the_same_rounds_and_bytes() {
     let (_dir, model) = tiny_model(11);
     let mut dep = head_deployment(&model, 3);
-    let keep_all = SparseHeads {
-        sparsity: 0.0,
-        thresholds: None,
-        forced_group_skip: None,
-        forced_head_skip: 0,
-    };
+    let keep_all = SparseHeads::default();
     let mode = SessionMode {
         heads: Some(Arc::new(keep_all)),
         ..Default::default()
@@ -323,4 +318,29 @@ fn a_head_predictor_of_another_shape_is_refused() {
     assert!(e.unwrap_err().to_string().contains("heads"));
     let mut dep = head_deployment(&model, 2);
     assert!(dep.enable_sparse_heads(&model, Some(&predictor)).is_err());
+}
+
+#[test]
+fn a_prompt_without_heads_leaves_every_row_a_hole_for_the_next_step() {
+    let (_dir, model) = tiny_model(15);
+    let c = model.config().clone();
+    let mut dep = head_deployment(&model, 6);
+    let policy = SparseHeads {
+        forced_prompt_skip: true,
+        ..SparseHeads::default()
+    };
+    let mode = SessionMode {
+        heads: Some(Arc::new(policy)),
+        ..Default::default()
+    };
+    let steps = steps();
+    let sparse = run(&mut dep, &model, mode, &steps);
+    let rows = (steps[0].len() * c.n_kv_heads * c.n_layers) as u64;
+    assert_eq!(
+        (sparse.costs[0].kv_holes, sparse.costs[1].kv_refilled),
+        (rows, rows)
+    );
+    assert_eq!(sparse.costs[0].attn_active, vec![0; c.n_layers]);
+    let (plain, _) = plaintext_with_heads(&model, &steps, &sparse.masks, &sparse.perms);
+    assert_close(&sparse.logits, &plain);
 }
