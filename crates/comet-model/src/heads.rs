@@ -465,27 +465,7 @@ impl HeadPredictor {
     ) -> Result<(Self, Vec<LayerTraining>)> {
         data.check(model)?;
         check_fraction(options.sparsity)?;
-        if options.hidden == 0 || options.epochs == 0 || options.batch == 0 {
-            return Err(ModelError::InvalidInput(
-                "head predictor: hidden units, epochs and batch size must be at least 1".into(),
-            ));
-        }
-        if !(options.learning_rate > 0.0 && options.positive_weight > 0.0) {
-            return Err(ModelError::InvalidInput(
-                "head predictor: learning rate and positive weight must be positive".into(),
-            ));
-        }
-        if !(0.0..1.0).contains(&options.validation_fraction) {
-            return Err(ModelError::InvalidInput(
-                "head predictor: the validation fraction must be in [0, 1)".into(),
-            ));
-        }
-        let train_rows = options.split(data.rows()).0.end;
-        if train_rows == 0 {
-            return Err(ModelError::InvalidInput(
-                "head predictor: no calibration rows left for training".into(),
-            ));
-        }
+        let train_rows = options.training_rows("head predictor", data.rows())?;
         let norms = HeadNorms::new(model);
         let exact = exact_thresholds(&norms, data, options.sparsity, 0..train_rows)?;
         let (d, n, hid) = (data.d_model, data.n_heads, options.hidden);

@@ -159,6 +159,33 @@ impl TrainOptions {
         let held_out = ((rows as f64 * self.validation_fraction).round() as usize).min(rows);
         (0..rows - held_out, rows - held_out..rows)
     }
+
+    /// Checks the settings for training `what` on `rows` sampled rows; returns the number of
+    /// training rows.
+    pub(crate) fn training_rows(&self, what: &str, rows: usize) -> Result<usize> {
+        if self.hidden == 0 || self.epochs == 0 || self.batch == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "{what}: hidden units, epochs and batch size must be at least 1"
+            )));
+        }
+        if !(self.learning_rate > 0.0 && self.positive_weight > 0.0) {
+            return Err(ModelError::InvalidInput(format!(
+                "{what}: learning rate and positive weight must be positive"
+            )));
+        }
+        if !(0.0..1.0).contains(&self.validation_fraction) {
+            return Err(ModelError::InvalidInput(format!(
+                "{what}: the validation fraction must be in [0, 1)"
+            )));
+        }
+        let train_rows = self.split(rows).0.end;
+        if train_rows == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "{what}: no calibration rows left for training"
+            )));
+        }
+        Ok(train_rows)
+    }
 }
 
 /// What training one layer left: the mean loss of the last epoch.
@@ -235,27 +262,7 @@ impl Predictor {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(Self, Vec<LayerTraining>)> {
         data.check(model)?;
-        if options.hidden == 0 || options.epochs == 0 || options.batch == 0 {
-            return Err(ModelError::InvalidInput(
-                "predictor: hidden units, epochs and batch size must be at least 1".into(),
-            ));
-        }
-        if !(options.learning_rate > 0.0 && options.positive_weight > 0.0) {
-            return Err(ModelError::InvalidInput(
-                "predictor: learning rate and positive weight must be positive".into(),
-            ));
-        }
-        if !(0.0..1.0).contains(&options.validation_fraction) {
-            return Err(ModelError::InvalidInput(
-                "predictor: the validation fraction must be in [0, 1)".into(),
-            ));
-        }
-        let train_rows = options.split(data.rows()).0.end;
-        if train_rows == 0 {
-            return Err(ModelError::InvalidInput(
-                "predictor: no calibration rows left for training".into(),
-            ));
-        }
+        let train_rows = options.training_rows("predictor", data.rows())?;
         let exact = FfnMask::calibrate_rows(
             NeuronScore::Oracle,
             data,
