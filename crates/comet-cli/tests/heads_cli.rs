@@ -3,26 +3,10 @@
 //! heads=H` (alone and with `ffn=F`) reports the head gate; bad flags and files of the wrong
 //! target are clear errors.
 
+mod common;
+
+use common::{comet, repo_file};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn comet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_comet"))
-        .args(args)
-        .output()
-        .expect("run comet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
 
 struct Setup {
     _dir: tempfile::TempDir,

@@ -1,20 +1,11 @@
 //! Secure attention-head sparsity from the command line on a tiny random model: forced head
 //! and group skips run, report holes and refills, and bad flags are clear errors.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn comet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_comet"))
-        .args(args)
-        .output()
-        .expect("run comet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::comet;
+
+use std::path::Path;
 
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("json file")).expect("json")

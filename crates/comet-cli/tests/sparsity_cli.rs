@@ -2,28 +2,10 @@
 //! end on a tiny random model: files are written, bound to the model, and bad input is a clear
 //! error.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn comet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_comet"))
-        .args(args)
-        .output()
-        .expect("run comet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn repo_file(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-        .display()
-        .to_string()
-}
+use common::{comet, repo_file};
+use std::path::PathBuf;
 
 struct Setup {
     _dir: tempfile::TempDir,

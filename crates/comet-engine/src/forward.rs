@@ -165,7 +165,8 @@ fn attention(
         }
         Some(hs) => {
             let w = &hs.weights[l];
-            let gate = hs.policy.thresholds.as_ref().zip(w.predictor.as_ref());
+            let threshold = hs.state.policy.thresholds.as_ref().map(|t| t[l]);
+            let gate = threshold.zip(w.predictor.as_ref());
             ([&w.wq, &w.wk, &w.wv, &w.wo], gate, Some(&mut hs.state))
         }
     };
@@ -183,10 +184,10 @@ fn attention(
         None => HeadPlan::dense(c, m),
         Some(state) => {
             let predicted = match predictor {
-                Some((thresholds, pr)) => {
+                Some((threshold, pr)) => {
                     let _s = p.scope("attn.gate");
                     let hidden_pre = qkv.pop().expect("four products");
-                    Some(sparse::mlp_gate(p, &hidden_pre, pr, thresholds[l], m)?)
+                    Some(sparse::mlp_gate(p, &hidden_pre, pr, threshold, m)?)
                 }
                 None => None,
             };

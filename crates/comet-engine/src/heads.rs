@@ -158,8 +158,6 @@ pub struct HeadStepStats {
 /// (apart, so that a step can read the weights while it updates the plan).
 #[derive(Debug)]
 pub struct HeadSession {
-    /// The policy.
-    pub policy: Arc<SparseHeads>,
     /// Per layer, the attention weights in the session's secret head order.
     pub weights: Vec<PermutedAttn>,
     /// Holes, bits and counters.
@@ -213,7 +211,6 @@ impl HeadSession {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            policy: policy.clone(),
             weights,
             state: HeadState {
                 policy: policy.clone(),
@@ -230,7 +227,8 @@ impl HeadSession {
 /// and counters.
 #[derive(Debug)]
 pub struct HeadState {
-    policy: Arc<SparseHeads>,
+    /// The session's policy.
+    pub policy: Arc<SparseHeads>,
     /// Per layer, the holes not refilled yet.
     holes: Vec<Vec<Hole>>,
     /// Steps run so far.

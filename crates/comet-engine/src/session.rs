@@ -164,8 +164,9 @@ fn serve_step(
         return Err(EngineError::InvalidRequest("a step with no tokens".into()));
     }
     cache.check_room(m)?;
-    // The first step (and the first after a re-permutation) sets up the session's FFN (for
-    // the sparse FFN: the permuted weights); its bytes and time are reported apart.
+    // The first step (and the first after an FFN re-permutation) sets up the session's FFN
+    // and head state (sparse modes: the permuted weights); its bytes and time are reported
+    // apart.
     let (mut setup_offline_bytes, mut setup_ms) = (0, 0.0);
     if ffn.is_none() || (heads.is_none() && mode.heads.is_some()) {
         let (before, setup_started) = (p.offline_meter().total(), Instant::now());
